@@ -1,0 +1,39 @@
+"""amc-kernels: fused kernels for explanation-aware contrastive learning.
+
+Ops (each with a pure-PyTorch reference in :mod:`amc_kernels.reference`): angular_distance,
+amc_loss, supcon_loss, gradcam, class_activation_map, cgc_loss and saliency_mask. Choose a
+backend per call (``backend=``), per block (:func:`use_backend`) or per process
+(``AMC_KERNELS_BACKEND``); by default the fastest usable one is picked.
+"""
+
+from . import _extension
+from ._dispatch import BACKENDS, BackendUnavailableError, use_backend
+from ._version import __version__
+from .functional import (
+    amc_loss,
+    angular_distance,
+    cgc_loss,
+    class_activation_map,
+    gradcam,
+    saliency_mask,
+    supcon_loss,
+)
+
+_extension.register_unavailability()
+
+from . import nn  # noqa: E402  (modules build on the functions above)
+
+__all__ = [
+    "BACKENDS",
+    "BackendUnavailableError",
+    "__version__",
+    "amc_loss",
+    "angular_distance",
+    "cgc_loss",
+    "class_activation_map",
+    "gradcam",
+    "nn",
+    "saliency_mask",
+    "supcon_loss",
+    "use_backend",
+]

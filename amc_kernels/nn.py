@@ -1,0 +1,191 @@
+"""Modules around the functional losses, and a Grad-CAM hook for any model."""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+from torch import nn
+
+from . import functional as F
+
+
+class AMCLoss(nn.Module):
+    """Module form of :func:`amc_kernels.amc_loss`; forward(features [N, D], labels [N])."""
+
+    def __init__(
+        self,
+        margin: float = 0.5,
+        pairs: str = "all",
+        reduction: str = "mean",
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.margin, self.pairs, self.reduction, self.backend = margin, pairs, reduction, backend
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        return F.amc_loss(
+            features, labels, margin=self.margin, pairs=self.pairs,
+            reduction=self.reduction, backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return (f"margin={self.margin}, pairs={self.pairs!r}, reduction={self.reduction!r}, "
+                f"backend={self.backend!r}")
+
+
+class SupConLoss(nn.Module):
+    """Module form of :func:`amc_kernels.supcon_loss`.
+
+    forward(features [N, V, D] or [N, D], labels [N] or None, negatives [M, D] or None).
+    """
+
+    def __init__(
+        self,
+        temperature: float = 0.1,
+        base_temperature: float = 0.07,
+        contrast_mode: str = "all",
+        normalize: bool = True,
+        reduction: str = "mean",
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.temperature, self.base_temperature = temperature, base_temperature
+        self.contrast_mode, self.normalize = contrast_mode, normalize
+        self.reduction, self.backend = reduction, backend
+
+    def forward(
+        self,
+        features: torch.Tensor,
+        labels: torch.Tensor | None = None,
+        negatives: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        return F.supcon_loss(
+            features, labels, temperature=self.temperature,
+            base_temperature=self.base_temperature, contrast_mode=self.contrast_mode,
+            negatives=negatives, normalize=self.normalize, reduction=self.reduction,
+            backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return (f"temperature={self.temperature}, base_temperature={self.base_temperature}, "
+                f"contrast_mode={self.contrast_mode!r}, normalize={self.normalize}, "
+                f"reduction={self.reduction!r}, backend={self.backend!r}")
+
+
+class CGCLoss(nn.Module):
+    """Module form of :func:`amc_kernels.cgc_loss`; forward(cam_orig, cam_aug, crops, flips)."""
+
+    def __init__(self, temperature: float = 0.5, size: int = 224, backend: str | None = None) -> None:
+        super().__init__()
+        self.temperature, self.size, self.backend = temperature, size, backend
+
+    def forward(
+        self,
+        cam_orig: torch.Tensor,
+        cam_aug: torch.Tensor,
+        crops: torch.Tensor,
+        flips: torch.Tensor,
+    ) -> torch.Tensor:
+        return F.cgc_loss(
+            cam_orig, cam_aug, crops, flips, temperature=self.temperature, size=self.size,
+            backend=self.backend,
+        )
+
+    def extra_repr(self) -> str:
+        return f"temperature={self.temperature}, size={self.size}, backend={self.backend!r}"
+
+
+class GradCAMResult(NamedTuple):
+    maps: torch.Tensor     # [B, H', W']
+    logits: torch.Tensor   # [B, C], the model's output
+    targets: torch.Tensor  # [B], the explained classes
+
+
+class GradCAM(nn.Module):
+    """Batched Grad-CAM of a named layer of any classifier.
+
+    ``GradCAM(model, "layer4")(images, targets=None)`` runs the model once, takes the gradient
+    of Σ_b logits[b, t_b] with respect to the layer's output A (t = the predicted classes when
+    targets is None) and returns :func:`amc_kernels.gradcam` maps [B, H', W']. With
+    ``create_graph=True`` the maps stay differentiable in the model's parameters (CGC's
+    training signal); otherwise they are detached. The model's train/eval mode is unchanged.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        layer: str,
+        *,
+        weighting: str = "mean",
+        relu: bool = True,
+        normalize: str | None = None,
+        output_size: int | tuple[int, int] | None = None,
+        backend: str | None = None,
+    ) -> None:
+        super().__init__()
+        modules = dict(model.named_modules())
+        if layer not in modules:
+            names = ", ".join(name for name in modules if name) or "(none)"
+            raise ValueError(f"GradCAM: layer {layer!r} is not a submodule of the model; "
+                             f"choose one of: {names}")
+        self.model, self.layer = model, layer
+        self.target_layer = modules[layer]
+        self.weighting, self.relu, self.normalize = weighting, relu, normalize
+        self.output_size, self.backend = output_size, backend
+
+    def explain(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        create_graph: bool = False,
+    ) -> GradCAMResult:
+        """Maps, logits and targets in one forward pass (the logits keep their graph)."""
+        captured: list[torch.Tensor] = []
+
+        def keep_output(module: nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
+            if not isinstance(output, torch.Tensor):
+                raise TypeError(f"GradCAM: layer {self.layer!r} must return a tensor, "
+                                f"got {type(output).__name__}")
+            if not output.requires_grad:  # frozen model or input: still explainable
+                output = output.detach().requires_grad_()
+            captured.append(output)
+            return output
+
+        handle = self.target_layer.register_forward_hook(keep_output)
+        try:
+            with torch.enable_grad():
+                logits = self.model(inputs)
+        finally:
+            handle.remove()
+        if targets is None:
+            targets = logits.detach().argmax(dim=1)
+        elif targets.shape != (logits.shape[0],):
+            raise ValueError(f"GradCAM: targets must have shape [{logits.shape[0]}], "
+                             f"got {tuple(targets.shape)}")
+        activations = captured[-1]
+        score = logits.gather(1, targets.to(logits.device).long()[:, None]).sum()
+        (gradients,) = torch.autograd.grad(score, activations, create_graph=create_graph,
+                                           retain_graph=True)
+        if not create_graph:
+            activations = activations.detach()
+        maps = F.gradcam(
+            activations, gradients, weighting=self.weighting, relu=self.relu,
+            normalize=self.normalize, output_size=self.output_size, backend=self.backend,
+        )
+        return GradCAMResult(maps, logits, targets)
+
+    def forward(
+        self,
+        inputs: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        *,
+        create_graph: bool = False,
+    ) -> torch.Tensor:
+        return self.explain(inputs, targets, create_graph=create_graph).maps
+
+    def extra_repr(self) -> str:
+        return (f"layer={self.layer!r}, weighting={self.weighting!r}, relu={self.relu}, "
+                f"normalize={self.normalize!r}, output_size={self.output_size}, "
+                f"backend={self.backend!r}")

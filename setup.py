@@ -1,0 +1,135 @@
+"""Builds amc_kernels._C: the C++ CPU kernels always, the CUDA kernels when a toolkit is usable.
+
+Switches (DESIGN §8):
+  AMC_KERNELS_BUILD_CPP=0     build no extension at all (pure Python: reference and Triton only)
+  AMC_KERNELS_SKIP_CUDA=1     never build the CUDA kernels
+  AMC_KERNELS_FORCE_CUDA=1    build the CUDA kernels even when torch or the toolkit looks unusable
+  TORCH_CUDA_ARCH_LIST        default: the visible GPUs' capabilities, else "8.0;9.0+PTX"
+  MAX_JOBS                    default: the number of cores
+  CUDA_HOME / CUDA_PATH       toolkit root; else /usr/local/cuda, accepted only with its headers
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import re
+import sys
+from pathlib import Path
+
+from setuptools import setup
+
+ROOT = Path(__file__).parent.resolve()
+DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
+
+
+def env_flag(name: str, default: bool) -> bool:
+    value = os.environ.get(name)
+    if value is None or value == "":
+        return default
+    return value.strip().lower() not in {"0", "false", "no", "off"}
+
+
+def has_cuda_headers(root: str | None) -> bool:
+    return bool(root) and Path(root, "include", "cuda_runtime.h").is_file()
+
+
+def find_cuda_home() -> str | None:
+    """CUDA_HOME, then CUDA_PATH, then the standard folder; a root counts only if it has headers."""
+    for candidate in (os.environ.get("CUDA_HOME"), os.environ.get("CUDA_PATH"), "/usr/local/cuda"):
+        if has_cuda_headers(candidate):
+            return str(Path(candidate).resolve())
+    return None
+
+
+def read_version() -> str:
+    text = (ROOT / "amc_kernels" / "_version.py").read_text()
+    return re.search(r'__version__ = "([^"]+)"', text).group(1)
+
+
+def visible_gpu_arch_list() -> str | None:
+    import torch
+
+    if not torch.cuda.is_available():
+        return None
+    caps = sorted({torch.cuda.get_device_capability(i) for i in range(torch.cuda.device_count())})
+    return ";".join(f"{major}.{minor}" for major, minor in caps)
+
+
+def configure() -> dict:
+    """Decide the build before torch's helpers are imported; they read CUDA_HOME at import."""
+    import torch
+
+    build_cpp = env_flag("AMC_KERNELS_BUILD_CPP", True)
+    force_cuda = env_flag("AMC_KERNELS_FORCE_CUDA", False)
+    skip_cuda = env_flag("AMC_KERNELS_SKIP_CUDA", False)
+    cuda_home = find_cuda_home()
+    if cuda_home:
+        os.environ["CUDA_HOME"] = cuda_home
+    want_cuda = torch.version.cuda is not None and cuda_home is not None
+    with_cuda = build_cpp and not skip_cuda and (want_cuda or force_cuda)
+    if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
+        os.environ["TORCH_CUDA_ARCH_LIST"] = visible_gpu_arch_list() or DEFAULT_ARCH_LIST
+    os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
+    return {
+        "version": read_version(),
+        "torch": torch.__version__,
+        "torch_cuda": torch.version.cuda,
+        "build_cpp": build_cpp,
+        "with_cuda": with_cuda,
+        "cuda_home": cuda_home,
+        "arch_list": os.environ["TORCH_CUDA_ARCH_LIST"],
+        "max_jobs": os.environ["MAX_JOBS"],
+        "python": sys.version.split()[0],
+    }
+
+
+def print_config(config: dict) -> None:
+    print("amc-kernels build configuration:", flush=True)
+    for key, value in config.items():
+        print(f"  {key:<11} {value}", flush=True)
+
+
+def c_string(value: str) -> str:
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def extension(config: dict):
+    from torch.utils.cpp_extension import CppExtension, CUDAExtension
+
+    sources = ["csrc/amc_kernels.cpp", *sorted(glob.glob("csrc/cpu/*.cpp"))]
+    defines = [
+        ("AMC_KERNELS_VERSION", c_string(config["version"])),
+        ("AMC_KERNELS_ARCH_LIST", c_string(config["arch_list"] if config["with_cuda"] else "")),
+        ("Py_LIMITED_API", "0x030A0000"),
+    ]
+    cxx = ["-O3", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+    common = {
+        "name": "amc_kernels._C",
+        "include_dirs": [str(ROOT / "csrc" / "include")],
+        "define_macros": defines,
+        "extra_link_args": ["-fopenmp"],
+        "py_limited_api": True,
+    }
+    if not config["with_cuda"]:
+        return CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **common)
+    defines.append(("AMC_KERNELS_WITH_CUDA", "1"))
+    sources += sorted(glob.glob("csrc/cuda/*.cu"))
+    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xcompiler", "-fopenmp"]
+    return CUDAExtension(sources=sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **common)
+
+
+def main() -> None:
+    config = configure()
+    print_config(config)
+    ext_modules, cmdclass, options = [], {}, {}
+    if config["build_cpp"]:
+        from torch.utils.cpp_extension import BuildExtension
+
+        ext_modules = [extension(config)]
+        cmdclass = {"build_ext": BuildExtension.with_options(use_ninja=True)}
+        options = {"bdist_wheel": {"py_limited_api": "cp310"}}
+    setup(ext_modules=ext_modules, cmdclass=cmdclass, options=options)
+
+
+main()
