@@ -52,7 +52,9 @@ def integer(op: str, name: str, value: object, what: str = "class indices") -> t
 def boolean(op: str, name: str, value: object) -> torch.Tensor:
     x = tensor(op, name, value)
     if x.dtype != torch.bool:
-        raise TypeError(f"{op}: {name} must be a bool tensor, got {x.dtype}; convert it with .bool()")
+        raise TypeError(
+            f"{op}: {name} must be a bool tensor, got {x.dtype}; convert it with .bool()"
+        )
     return x
 
 
@@ -126,7 +128,9 @@ def size_pair(op: str, name: str, value: object) -> tuple[int, int]:
     """An int s (meaning (s, s)) or a pair (h, w) of positive ints."""
     if isinstance(value, Sequence) and not isinstance(value, str):
         if len(value) != 2:
-            raise ValueError(f"{op}: {name} must be an int or a pair (height, width), got {value!r}")
+            raise ValueError(
+                f"{op}: {name} must be an int or a pair (height, width), got {value!r}"
+            )
         return positive_int(op, name, value[0]), positive_int(op, name, value[1])
     side = positive_int(op, name, value)
     return side, side
@@ -146,5 +150,6 @@ def index_values(op: str, name: str, x: torch.Tensor, upper: int, upper_name: st
         low, high = int(x.min()), int(x.max())
         if low < 0 or high >= upper:
             raise ValueError(
-                f"{op}: {name} must lie in [0, {upper}) ({upper_name}), got values in [{low}, {high}]"
+                f"{op}: {name} must lie in [0, {upper}) ({upper_name}), "
+                f"got values in [{low}, {high}]"
             )

@@ -71,7 +71,9 @@ def accept_all(call: Call) -> list[str]:
     return []
 
 
-def register(op: str, backend: str, fn: Callable[..., Any], refusals: Refusals = accept_all) -> None:
+def register(
+    op: str, backend: str, fn: Callable[..., Any], refusals: Refusals = accept_all
+) -> None:
     """Plug an implementation of `op` into the registry (later registrations replace earlier)."""
     if backend not in BACKENDS:
         raise ValueError(f"register: backend must be one of {BACKENDS}, got {backend!r}")
@@ -91,7 +93,7 @@ def refusals(backend: str, call: Call) -> list[str]:
     """Why `backend` cannot run `call`; an empty list means it can."""
     impl = _REGISTRY.get(call.op, {}).get(backend)
     if impl is None:
-        default = f"no {backend} implementation of {call.op} in this build"
+        default = f"no {backend} kernel for this op in this build"
         return [_UNAVAILABLE.get(backend, default)]
     return impl.refusals(call)
 
@@ -153,7 +155,8 @@ def select(call: Call, backend: str | None = None) -> Implementation:
     if reasons:
         raise BackendUnavailableError(
             f"{call.op}: backend {name!r} (from {source}) cannot run this call on "
-            f"{call.device.type} with dtype {call.dtype}. Candidates:\n{describe_candidates(call)}\n"
+            f"{call.device.type} with dtype {call.dtype}. "
+            f"Candidates:\n{describe_candidates(call)}\n"
             f"Pass backend='auto' (or another usable backend) to choose automatically."
         )
     return _chosen(call, name, source)
@@ -167,7 +170,11 @@ def _chosen(call: Call, backend: str, source: str) -> Implementation:
             _log_handler()
             logger.info(
                 "amc_kernels: %s on %s/%s -> %s (%s)",
-                call.op, call.device.type, call.dtype, backend, source,
+                call.op,
+                call.device.type,
+                call.dtype,
+                backend,
+                source,
             )
     return _REGISTRY[call.op][backend]
 

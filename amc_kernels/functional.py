@@ -41,7 +41,9 @@ def _dispatch_call(
     return _dispatch.select(call, backend).fn
 
 
-def _check_features(op: str, name: str, x: object, dims: tuple[int, ...], layout: str) -> torch.Tensor:
+def _check_features(
+    op: str, name: str, x: object, dims: tuple[int, ...], layout: str
+) -> torch.Tensor:
     x = check.floating(op, name, x)
     check.ndim(op, name, x, dims, layout)
     return x
@@ -78,7 +80,7 @@ def angular_distance(
         check.same_dtype(op, "y", y, "x", x)
         check.size(op, "y", y, 1, x.shape[1], "the feature size D of x")
         tensors.append(y)
-    for name, t in zip(("x", "y"), tensors):
+    for name, t in zip(("x", "y"), tensors, strict=False):
         check.finite_values(op, name, t)
     return _dispatch_call(op, backend, tensors, {})(x, y)
 
@@ -182,7 +184,9 @@ def supcon_loss(
     return fn(features, labels, negatives=negatives, **options)
 
 
-def _check_maps(op: str, name: str, x: object, other_name: str, other: torch.Tensor) -> torch.Tensor:
+def _check_maps(
+    op: str, name: str, x: object, other_name: str, other: torch.Tensor
+) -> torch.Tensor:
     x = _check_features(op, name, x, (other.dim(),), "the shape of " + other_name)
     check.same_device(op, name, x, other_name, other)
     check.same_dtype(op, name, x, other_name, other)
@@ -269,7 +273,9 @@ def class_activation_map(
     return fn(activations, fc_weight, targets)
 
 
-def _check_crops(op: str, crops: object, batch: int, size: int, device: torch.device) -> torch.Tensor:
+def _check_crops(
+    op: str, crops: object, batch: int, size: int, device: torch.device
+) -> torch.Tensor:
     crops = check.integer(op, "crops", crops, "(i, j, height, width) crop boxes")
     check.ndim(op, "crops", crops, (2,), "[B, 4]")
     check.size(op, "crops", crops, 0, batch, "one crop per map")

@@ -25,13 +25,19 @@ class AMCLoss(nn.Module):
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         return F.amc_loss(
-            features, labels, margin=self.margin, pairs=self.pairs,
-            reduction=self.reduction, backend=self.backend,
+            features,
+            labels,
+            margin=self.margin,
+            pairs=self.pairs,
+            reduction=self.reduction,
+            backend=self.backend,
         )
 
     def extra_repr(self) -> str:
-        return (f"margin={self.margin}, pairs={self.pairs!r}, reduction={self.reduction!r}, "
-                f"backend={self.backend!r}")
+        return (
+            f"margin={self.margin}, pairs={self.pairs!r}, reduction={self.reduction!r}, "
+            f"backend={self.backend!r}"
+        )
 
 
 class SupConLoss(nn.Module):
@@ -61,22 +67,31 @@ class SupConLoss(nn.Module):
         negatives: torch.Tensor | None = None,
     ) -> torch.Tensor:
         return F.supcon_loss(
-            features, labels, temperature=self.temperature,
-            base_temperature=self.base_temperature, contrast_mode=self.contrast_mode,
-            negatives=negatives, normalize=self.normalize, reduction=self.reduction,
+            features,
+            labels,
+            temperature=self.temperature,
+            base_temperature=self.base_temperature,
+            contrast_mode=self.contrast_mode,
+            negatives=negatives,
+            normalize=self.normalize,
+            reduction=self.reduction,
             backend=self.backend,
         )
 
     def extra_repr(self) -> str:
-        return (f"temperature={self.temperature}, base_temperature={self.base_temperature}, "
-                f"contrast_mode={self.contrast_mode!r}, normalize={self.normalize}, "
-                f"reduction={self.reduction!r}, backend={self.backend!r}")
+        return (
+            f"temperature={self.temperature}, base_temperature={self.base_temperature}, "
+            f"contrast_mode={self.contrast_mode!r}, normalize={self.normalize}, "
+            f"reduction={self.reduction!r}, backend={self.backend!r}"
+        )
 
 
 class CGCLoss(nn.Module):
     """Module form of :func:`amc_kernels.cgc_loss`; forward(cam_orig, cam_aug, crops, flips)."""
 
-    def __init__(self, temperature: float = 0.5, size: int = 224, backend: str | None = None) -> None:
+    def __init__(
+        self, temperature: float = 0.5, size: int = 224, backend: str | None = None
+    ) -> None:
         super().__init__()
         self.temperature, self.size, self.backend = temperature, size, backend
 
@@ -88,7 +103,12 @@ class CGCLoss(nn.Module):
         flips: torch.Tensor,
     ) -> torch.Tensor:
         return F.cgc_loss(
-            cam_orig, cam_aug, crops, flips, temperature=self.temperature, size=self.size,
+            cam_orig,
+            cam_aug,
+            crops,
+            flips,
+            temperature=self.temperature,
+            size=self.size,
             backend=self.backend,
         )
 
@@ -97,8 +117,8 @@ class CGCLoss(nn.Module):
 
 
 class GradCAMResult(NamedTuple):
-    maps: torch.Tensor     # [B, H', W']
-    logits: torch.Tensor   # [B, C], the model's output
+    maps: torch.Tensor  # [B, H', W']
+    logits: torch.Tensor  # [B, C], the model's output
     targets: torch.Tensor  # [B], the explained classes
 
 
@@ -127,8 +147,9 @@ class GradCAM(nn.Module):
         modules = dict(model.named_modules())
         if layer not in modules:
             names = ", ".join(name for name in modules if name) or "(none)"
-            raise ValueError(f"GradCAM: layer {layer!r} is not a submodule of the model; "
-                             f"choose one of: {names}")
+            raise ValueError(
+                f"GradCAM: layer {layer!r} is not a submodule of the model; choose one of: {names}"
+            )
         self.model, self.layer = model, layer
         self.target_layer = modules[layer]
         self.weighting, self.relu, self.normalize = weighting, relu, normalize
@@ -146,8 +167,10 @@ class GradCAM(nn.Module):
 
         def keep_output(module: nn.Module, args: object, output: torch.Tensor) -> torch.Tensor:
             if not isinstance(output, torch.Tensor):
-                raise TypeError(f"GradCAM: layer {self.layer!r} must return a tensor, "
-                                f"got {type(output).__name__}")
+                raise TypeError(
+                    f"GradCAM: layer {self.layer!r} must return a tensor, "
+                    f"got {type(output).__name__}"
+                )
             if not output.requires_grad:  # frozen model or input: still explainable
                 output = output.detach().requires_grad_()
             captured.append(output)
@@ -162,17 +185,24 @@ class GradCAM(nn.Module):
         if targets is None:
             targets = logits.detach().argmax(dim=1)
         elif targets.shape != (logits.shape[0],):
-            raise ValueError(f"GradCAM: targets must have shape [{logits.shape[0]}], "
-                             f"got {tuple(targets.shape)}")
+            raise ValueError(
+                f"GradCAM: targets must have shape [{logits.shape[0]}], got {tuple(targets.shape)}"
+            )
         activations = captured[-1]
         score = logits.gather(1, targets.to(logits.device).long()[:, None]).sum()
-        (gradients,) = torch.autograd.grad(score, activations, create_graph=create_graph,
-                                           retain_graph=True)
+        (gradients,) = torch.autograd.grad(
+            score, activations, create_graph=create_graph, retain_graph=True
+        )
         if not create_graph:
             activations = activations.detach()
         maps = F.gradcam(
-            activations, gradients, weighting=self.weighting, relu=self.relu,
-            normalize=self.normalize, output_size=self.output_size, backend=self.backend,
+            activations,
+            gradients,
+            weighting=self.weighting,
+            relu=self.relu,
+            normalize=self.normalize,
+            output_size=self.output_size,
+            backend=self.backend,
         )
         return GradCAMResult(maps, logits, targets)
 
@@ -186,6 +216,8 @@ class GradCAM(nn.Module):
         return self.explain(inputs, targets, create_graph=create_graph).maps
 
     def extra_repr(self) -> str:
-        return (f"layer={self.layer!r}, weighting={self.weighting!r}, relu={self.relu}, "
-                f"normalize={self.normalize!r}, output_size={self.output_size}, "
-                f"backend={self.backend!r}")
+        return (
+            f"layer={self.layer!r}, weighting={self.weighting!r}, relu={self.relu}, "
+            f"normalize={self.normalize!r}, output_size={self.output_size}, "
+            f"backend={self.backend!r}"
+        )

@@ -34,6 +34,7 @@ def cgc_loss(
     û, v̂ flattened and L2-normalised, logits_b = [⟨û_b, v̂_b⟩, ⟨v̂_b, v̂_j⟩ for j ≠ b] / τ,
     loss = mean_b CE(logits_b, 0). Returns a scalar (fp32 for fp16/bf16 inputs).
     """
+
     def saliency(cam: torch.Tensor) -> torch.Tensor:
         return normalize_maps(resize_maps(upcast(cam), (size, size)), "sum")
 
@@ -42,7 +43,9 @@ def cgc_loss(
         return upcast(cam_orig).sum() + upcast(cam_aug).sum()
     orig = saliency(cam_orig)
     crop_list, flip_list = crops.tolist(), flips.tolist()
-    u = torch.stack([transform_map(orig[b], crop_list[b], flip_list[b], size) for b in range(batch)])
+    u = torch.stack(
+        [transform_map(orig[b], crop_list[b], flip_list[b], size) for b in range(batch)]
+    )
     u_hat = normalize_rows(u.flatten(1))
     v_hat = normalize_rows(saliency(cam_aug).flatten(1))
     positive = (u_hat * v_hat).sum(dim=1, keepdim=True)

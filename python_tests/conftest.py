@@ -1,0 +1,35 @@
+"""Shared fixtures and marker handling. Nothing here touches a GPU at import."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if torch.cuda.is_available():
+        return
+    skip_cuda = pytest.mark.skip(reason="needs a CUDA GPU")
+    for item in items:
+        if "cuda" in item.keywords:
+            item.add_marker(skip_cuda)
+
+
+@pytest.fixture(autouse=True)
+def _no_backend_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests start from automatic dispatch, whatever the caller's environment says."""
+    monkeypatch.delenv("AMC_KERNELS_BACKEND", raising=False)
+    monkeypatch.delenv("AMC_KERNELS_LOG_DISPATCH", raising=False)
+    monkeypatch.delenv("AMC_KERNELS_CHECK_VALUES", raising=False)
+
+
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+@pytest.fixture(params=DEVICES)
+def device(request: pytest.FixtureRequest) -> torch.device:
+    return torch.device(request.param)
+
+
+def f64(values: object, device: torch.device | str = "cpu") -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.float64, device=device)
