@@ -132,4 +132,5 @@ def main() -> None:
     setup(ext_modules=ext_modules, cmdclass=cmdclass, options=options)
 
 
-main()
+if __name__ == "__main__":
+    main()

@@ -20,6 +20,8 @@ from .functional import (
 )
 
 _extension.register_unavailability()
+if _extension.available():
+    from . import cpp_ops  # noqa: F401  (fake kernels and autograd of the compiled ops)
 
 from . import nn  # noqa: E402  (modules build on the functions above)
 

@@ -180,13 +180,9 @@ def _chosen(call: Call, backend: str, source: str) -> Implementation:
 
 
 def _log_handler() -> None:
+    logger.setLevel(logging.INFO)
     if not logger.handlers:
         handler = logging.StreamHandler()
         handler.setFormatter(logging.Formatter("%(message)s"))
         logger.addHandler(handler)
-        logger.setLevel(logging.INFO)
-        logger.propagate = False
-
-
-def usable_backends(call: Call) -> list[str]:
-    return [b for b in BACKENDS if not refusals(b, call)]
+        logger.propagate = False  # one line per choice, even when the root logger prints too

@@ -180,19 +180,14 @@ class GradCAM(nn.Module):
         try:
             with torch.enable_grad():
                 logits = self.model(inputs)
+                targets = self._targets(logits, targets)
+                score = logits.gather(1, targets[:, None]).sum()
+                (gradients,) = torch.autograd.grad(
+                    score, captured[-1], create_graph=create_graph, retain_graph=True
+                )
         finally:
             handle.remove()
-        if targets is None:
-            targets = logits.detach().argmax(dim=1)
-        elif targets.shape != (logits.shape[0],):
-            raise ValueError(
-                f"GradCAM: targets must have shape [{logits.shape[0]}], got {tuple(targets.shape)}"
-            )
         activations = captured[-1]
-        score = logits.gather(1, targets.to(logits.device).long()[:, None]).sum()
-        (gradients,) = torch.autograd.grad(
-            score, activations, create_graph=create_graph, retain_graph=True
-        )
         if not create_graph:
             activations = activations.detach()
         maps = F.gradcam(
@@ -205,6 +200,16 @@ class GradCAM(nn.Module):
             backend=self.backend,
         )
         return GradCAMResult(maps, logits, targets)
+
+    @staticmethod
+    def _targets(logits: torch.Tensor, targets: torch.Tensor | None) -> torch.Tensor:
+        if targets is None:
+            return logits.detach().argmax(dim=1)
+        if targets.shape != (logits.shape[0],):
+            raise ValueError(
+                f"GradCAM: targets must have shape [{logits.shape[0]}], got {tuple(targets.shape)}"
+            )
+        return targets.to(logits.device).long()
 
     def forward(
         self,

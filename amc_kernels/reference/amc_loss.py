@@ -37,9 +37,12 @@ def amc_loss(
 
     n = z.shape[0]
     losses = pair_loss(clamped_arccos(z @ z.T), labels[:, None] == labels[None, :], margin)
-    off_diagonal = ~torch.eye(n, dtype=torch.bool, device=z.device)
-    losses = torch.where(off_diagonal, losses, torch.zeros_like(losses))
+    rows = torch.arange(n, device=z.device)
+    upper = rows[:, None] < rows[None, :]  # each unordered pair i < j once
+    pair_sum = torch.where(upper, losses, torch.zeros_like(losses)).sum()
     if reduction == "none":
-        return losses.sum(dim=1) / max(n - 1, 1)
-    upper = torch.triu(torch.ones_like(off_diagonal), diagonal=1)
-    return reduce_loss(losses[upper], reduction)
+        off_diagonal = torch.where(upper | upper.T, losses, torch.zeros_like(losses))
+        return off_diagonal.sum(dim=1) / max(n - 1, 1)
+    if reduction == "sum":
+        return pair_sum
+    return pair_sum / max(n * (n - 1) // 2, 1)  # 0 when there is no pair

@@ -1,0 +1,148 @@
+"""The build (DESIGN §8): setup.py's switches, amc_kernels._C's build information, and the shared
+online log-sum-exp compiled into the extension (CPU here; CUDA on a GPU machine)."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+import torch
+from torch.library import opcheck
+
+import amc_kernels
+from amc_kernels import _extension
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def setup_module_() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("amc_setup", ROOT / "setup.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # setup() runs only under __main__
+    return module
+
+
+# --- setup.py ---
+
+
+def test_cuda_home_needs_headers(
+    setup_module_: ModuleType, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CUDA_HOME", str(tmp_path))  # no include/cuda_runtime.h there
+    monkeypatch.delenv("CUDA_PATH", raising=False)
+    found = setup_module_.find_cuda_home()
+    assert found != str(tmp_path)
+    (tmp_path / "include").mkdir()
+    (tmp_path / "include" / "cuda_runtime.h").write_text("")
+    assert setup_module_.find_cuda_home() == str(tmp_path.resolve())
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [(None, True), ("", True), ("0", False), ("off", False), ("1", True)]
+)
+def test_env_flags(
+    setup_module_: ModuleType, monkeypatch: pytest.MonkeyPatch, value: str | None, expected: bool
+) -> None:
+    if value is None:
+        monkeypatch.delenv("AMC_KERNELS_TEST_FLAG", raising=False)
+    else:
+        monkeypatch.setenv("AMC_KERNELS_TEST_FLAG", value)
+    assert setup_module_.env_flag("AMC_KERNELS_TEST_FLAG", True) is expected
+
+
+def test_configuration_switches(setup_module_: ModuleType, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TORCH_CUDA_ARCH_LIST", raising=False)
+    monkeypatch.delenv("MAX_JOBS", raising=False)
+    monkeypatch.setenv("AMC_KERNELS_SKIP_CUDA", "1")
+    config = setup_module_.configure()
+    assert config["build_cpp"] and not config["with_cuda"]
+    if not torch.cuda.is_available():
+        assert config["arch_list"] == "8.0;9.0+PTX"  # always set before torch's helpers run
+    assert int(config["max_jobs"]) >= 1
+    monkeypatch.setenv("AMC_KERNELS_BUILD_CPP", "0")
+    monkeypatch.setenv("AMC_KERNELS_SKIP_CUDA", "0")
+    monkeypatch.setenv("AMC_KERNELS_FORCE_CUDA", "1")
+    config = setup_module_.configure()
+    assert not config["build_cpp"] and not config["with_cuda"]
+    monkeypatch.setenv("AMC_KERNELS_BUILD_CPP", "1")
+    assert setup_module_.configure()["with_cuda"]
+
+
+def test_build_configuration_is_printed_first(
+    setup_module_: ModuleType, capsys: pytest.CaptureFixture[str]
+) -> None:
+    setup_module_.print_config({"version": "9.9", "with_cuda": False})
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0] == "amc-kernels build configuration:"
+    assert "with_cuda" in lines[2]
+
+
+# --- amc_kernels._C ---
+
+needs_extension = pytest.mark.skipif(not _extension.available(), reason="amc_kernels._C not built")
+
+
+@needs_extension
+@pytest.mark.cpp
+def test_build_info_describes_this_build() -> None:
+    info = _extension.build_info()
+    assert info["version"] == amc_kernels.__version__
+    assert torch.__version__.startswith(info["torch"])
+    assert info["openmp"] is True
+    if info["cuda"]:
+        assert info["cuda_version"] == torch.version.cuda
+        assert info["arch_list"]
+    else:
+        assert info["cuda_version"] == ""
+
+
+LSE_DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
+
+
+@needs_extension
+@pytest.mark.cpp
+@pytest.mark.parametrize("device", LSE_DEVICES)
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16, torch.bfloat16])
+def test_shared_online_logsumexp(device: str, dtype: torch.dtype) -> None:
+    x = (torch.randn(9, 1537, dtype=torch.float64) * 20).to(device, dtype)
+    got = torch.ops.amc_kernels._selfcheck_row_logsumexp(x)
+    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    expected = torch.logsumexp(x.double(), dim=1)
+    tolerance = 1e-12 if dtype == torch.float64 else 1e-4
+    torch.testing.assert_close(got.double(), expected, rtol=tolerance, atol=tolerance)
+
+
+@needs_extension
+@pytest.mark.cpp
+@pytest.mark.parametrize("device", LSE_DEVICES)
+def test_online_logsumexp_edge_cases(device: str) -> None:
+    inf = math.inf
+    x = torch.tensor(
+        [[-inf, -inf, -inf], [1e30, 1e30, -inf], [-1e30, -1e30, -1e30], [0.0, -inf, 0.0]],
+        dtype=torch.float64,
+        device=device,
+    )
+    got = torch.ops.amc_kernels._selfcheck_row_logsumexp(x).cpu()
+    expected = [-inf, 1e30 + math.log(2), -1e30 + math.log(3), math.log(2)]
+    torch.testing.assert_close(got, torch.tensor(expected, dtype=torch.float64), rtol=1e-15, atol=0)
+    empty = torch.ops.amc_kernels._selfcheck_row_logsumexp(x[:0])
+    assert empty.shape == (0,)
+
+
+@needs_extension
+@pytest.mark.cpp
+def test_selfcheck_rejects_bad_input() -> None:
+    with pytest.raises(RuntimeError, match="_selfcheck_row_logsumexp: x must have 2 dimensions"):
+        torch.ops.amc_kernels._selfcheck_row_logsumexp(torch.zeros(3))
+    with pytest.raises(RuntimeError, match="x must be a floating-point tensor"):
+        torch.ops.amc_kernels._selfcheck_row_logsumexp(torch.zeros(3, 2, dtype=torch.long))
+
+
+@needs_extension
+@pytest.mark.cpp
+def test_selfcheck_opcheck() -> None:
+    opcheck(torch.ops.amc_kernels._selfcheck_row_logsumexp.default, (torch.randn(5, 33),))
