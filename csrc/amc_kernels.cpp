@@ -57,6 +57,50 @@ TORCH_LIBRARY(amc_kernels, m) {
   m.def("build_info() -> str", &build_info);
   // Row-wise log-sum-exp through the shared online-LSE code: the build's self-check.
   m.def("_selfcheck_row_logsumexp(Tensor x) -> Tensor");
+
+  // angular_distance (DESIGN §2.1). y = None means y = x; grad_y is empty then.
+  m.def("angular_distance_fwd(Tensor x, Tensor? y) -> Tensor");
+  m.def("angular_distance_bwd(Tensor grad, Tensor x, Tensor? y) -> (Tensor, Tensor)");
+
+  // amc_loss (DESIGN §2.2). pairs: "all" | "halves"; reduction: "mean" | "sum" | "none".
+  m.def("amc_loss_fwd(Tensor features, Tensor labels, float margin, str pairs, str reduction) -> Tensor");
+  m.def("amc_loss_bwd(Tensor grad, Tensor features, Tensor labels, float margin, str pairs, str reduction) -> Tensor");
+
+  // supcon_loss (DESIGN §2.3). features [N, V, D]; returns (loss, per-anchor log-sum-exp [A]).
+  m.def(
+      "supcon_loss_fwd(Tensor features, Tensor? labels, Tensor? negatives, float temperature, "
+      "float base_temperature, str contrast_mode, bool normalize, str reduction) -> (Tensor, Tensor)");
+  m.def(
+      "supcon_loss_bwd(Tensor grad, Tensor features, Tensor? labels, Tensor? negatives, Tensor lse, "
+      "float temperature, float base_temperature, str contrast_mode, bool normalize, str reduction) "
+      "-> (Tensor, Tensor)");
+
+  // gradcam (DESIGN §2.4). normalize: "none" | "max" | "minmax" | "sum"; output_size [] keeps H×W.
+  m.def(
+      "gradcam_fwd(Tensor activations, Tensor gradients, str weighting, bool relu, str normalize, "
+      "int[] output_size) -> Tensor");
+  m.def(
+      "gradcam_bwd(Tensor grad, Tensor activations, Tensor gradients, str weighting, bool relu, "
+      "str normalize, int[] output_size) -> (Tensor, Tensor)");
+
+  // class_activation_map (DESIGN §2.5).
+  m.def("class_activation_map_fwd(Tensor activations, Tensor fc_weight, Tensor targets) -> Tensor");
+  m.def(
+      "class_activation_map_bwd(Tensor grad, Tensor activations, Tensor fc_weight, Tensor targets) "
+      "-> (Tensor, Tensor)");
+
+  // cgc_loss (DESIGN §2.6), on the native h×w maps through separable interpolation matrices.
+  m.def(
+      "cgc_loss_fwd(Tensor cam_orig, Tensor cam_aug, Tensor crops, Tensor flips, float temperature, "
+      "int size) -> Tensor");
+  m.def(
+      "cgc_loss_bwd(Tensor grad, Tensor cam_orig, Tensor cam_aug, Tensor crops, Tensor flips, "
+      "float temperature, int size) -> (Tensor, Tensor)");
+
+  // saliency_mask (DESIGN §2.7); no gradient. top_fraction < 0 means "use the threshold".
+  m.def(
+      "saliency_mask_fwd(Tensor images, Tensor saliency, float threshold, float top_fraction, "
+      "float fill) -> (Tensor, Tensor)");
 }
 
 }  // namespace amc_kernels
