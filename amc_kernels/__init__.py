@@ -6,7 +6,7 @@ backend per call (``backend=``), per block (:func:`use_backend`) or per process
 (``AMC_KERNELS_BACKEND``); by default the fastest usable one is picked.
 """
 
-from . import _extension
+from . import _dispatch, _extension
 from ._dispatch import BACKENDS, BackendUnavailableError, use_backend
 from ._version import __version__
 from .functional import (
@@ -22,6 +22,12 @@ from .functional import (
 _extension.register_unavailability()
 if _extension.available():
     from . import cpp_ops  # noqa: F401  (fake kernels and autograd of the compiled ops)
+try:
+    import triton  # noqa: F401
+except ImportError:
+    _dispatch.mark_unavailable("triton", "triton is not installed: pip install amc-kernels[triton]")
+else:
+    from . import triton_kernels  # noqa: F401  (registers the triton backend)
 
 from . import nn  # noqa: E402  (modules build on the functions above)
 

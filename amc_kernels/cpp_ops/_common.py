@@ -36,8 +36,8 @@ def register_compiled(
     """Register `fn` as the cpp (CPU tensors) and cuda (CUDA tensors) implementation of `op`."""
     for backend, device_type, key in (("cpp", "cpu", "CPU"), ("cuda", "cuda", "CUDA")):
 
-        def backend_refusals(call: Call, device_type: str = device_type, key: str = key) -> list[str]:
-            return _device_refusals(op, call, device_type, key) + refusals(call)
+        def backend_refusals(call: Call, device: str = device_type, key: str = key) -> list[str]:
+            return _device_refusals(op, call, device, key) + refusals(call)
 
         _dispatch.register(op, backend, fn, backend_refusals)
 

@@ -1,0 +1,1 @@
+"""Triton kernels, one module per op, registered as the `triton` backend when triton imports."""
