@@ -157,6 +157,8 @@ def supcon_loss(
     """
     op = "supcon_loss"
     features = _check_features(op, "features", features, (2, 3), "[N, V, D] or [N, D]")
+    if features.dim() == 3 and features.shape[1] == 0:
+        raise ValueError(f"{op}: features must have at least one view, got shape [N, 0, D]")
     tensors = [features]
     if labels is not None:
         tensors.append(_check_labels(op, labels, features))

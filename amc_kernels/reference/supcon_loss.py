@@ -34,7 +34,7 @@ def supcon_loss(
     n, views, _ = z.shape
     if normalize:
         z = normalize_rows(z)
-    contrast = z.transpose(0, 1).reshape(views * n, -1)
+    contrast = z.transpose(0, 1).reshape(views * n, z.shape[-1])  # -1 is ambiguous when n = 0
     anchors = contrast if contrast_mode == "all" else z[:, 0]
     num_anchors = anchors.shape[0]
     columns = contrast
@@ -42,7 +42,7 @@ def supcon_loss(
         extra = upcast(negatives)
         columns = torch.cat([contrast, normalize_rows(extra) if normalize else extra])
 
-    if columns.shape[0] <= 1:  # the anchor is alone: no denominator and no positive
+    if columns.shape[0] <= 1 or num_anchors == 0:  # no anchor, or one alone with no denominator
         return reduce_loss(anchors.sum(dim=1) * 0.0, reduction)
 
     logits = anchors @ columns.T / temperature
