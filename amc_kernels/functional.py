@@ -189,7 +189,7 @@ def supcon_loss(
 def _check_maps(
     op: str, name: str, x: object, other_name: str, other: torch.Tensor
 ) -> torch.Tensor:
-    x = _check_features(op, name, x, (other.dim(),), "the shape of " + other_name)
+    x = _check_features(op, name, x, (other.dim(),), str(list(other.shape)) + f" (as {other_name})")
     check.same_device(op, name, x, other_name, other)
     check.same_dtype(op, name, x, other_name, other)
     if x.shape != other.shape:
@@ -198,6 +198,15 @@ def _check_maps(
             f"got {tuple(x.shape)}"
         )
     return x
+
+
+def _check_pixels(op: str, name: str, x: torch.Tensor) -> None:
+    """Maps are resampled and normalised over their pixels: height and width must be ≥ 1."""
+    if 0 in x.shape[-2:]:
+        raise ValueError(
+            f"{op}: {name} must have a height and a width of at least 1 pixel, "
+            f"got shape {tuple(x.shape)}"
+        )
 
 
 def gradcam(
@@ -227,6 +236,7 @@ def gradcam(
     """
     op = "gradcam"
     activations = _check_features(op, "activations", activations, (4,), "[B, K, H, W]")
+    _check_pixels(op, "activations", activations)
     gradients = _check_maps(op, "gradients", gradients, "activations", activations)
     check.choice(op, "weighting", weighting, ("mean", "elementwise"))
     check.choice(op, "relu", relu, (True, False))
@@ -324,6 +334,7 @@ def cgc_loss(
     """
     op = "cgc_loss"
     cam_orig = _check_features(op, "cam_orig", cam_orig, (3,), "[B, h, w]")
+    _check_pixels(op, "cam_orig", cam_orig)
     cam_aug = _check_maps(op, "cam_aug", cam_aug, "cam_orig", cam_orig)
     temperature = check.positive(op, "temperature", temperature)
     size = check.positive_int(op, "size", size)
@@ -366,6 +377,8 @@ def saliency_mask(
     images = _check_features(op, "images", images, (4,), "[B, C, H, W]")
     saliency = _check_features(op, "saliency", saliency, (3,), "[B, h, w]")
     check.size(op, "saliency", saliency, 0, images.shape[0], "one map per image")
+    _check_pixels(op, "images", images)
+    _check_pixels(op, "saliency", saliency)
     check.same_device(op, "saliency", saliency, "images", images)
     threshold = check.real(op, "threshold", threshold)
     if top_fraction is not None:

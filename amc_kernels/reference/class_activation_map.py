@@ -18,6 +18,7 @@ def class_activation_map(
     """
     a = upcast(activations)
     height, width = a.shape[-2:]
-    weights = upcast(fc_weight)[targets.to(a.device)]
+    # .long(): int8/int16 cannot index, and uint8 would index as a boolean mask.
+    weights = upcast(fc_weight)[targets.to(device=a.device, dtype=torch.long)]
     cam = torch.einsum("bk,bkhw->bhw", weights, a) / (height * width)
     return cam.to(activations.dtype)
