@@ -17,10 +17,12 @@ import re
 import sys
 from pathlib import Path
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent.resolve()
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
+#: benchmarks/ ships inside the package, so that `amc-kernels bench` works from a wheel.
+PACKAGE_DIR = {"amc_kernels.benchmarks": "benchmarks"}
 
 
 def env_flag(name: str, default: bool) -> bool:
@@ -129,7 +131,13 @@ def main() -> None:
         ext_modules = [extension(config)]
         cmdclass = {"build_ext": BuildExtension.with_options(use_ninja=True)}
         options = {"bdist_wheel": {"py_limited_api": "cp310"}}
-    setup(ext_modules=ext_modules, cmdclass=cmdclass, options=options)
+    setup(
+        packages=[*find_packages(include=["amc_kernels*"]), *PACKAGE_DIR],
+        package_dir=PACKAGE_DIR,
+        ext_modules=ext_modules,
+        cmdclass=cmdclass,
+        options=options,
+    )
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 info   versions, the build of amc_kernels._C, and the usable backends per op and device
 check  every usable backend against the reference on this machine's devices (exit 1 on failure)
+bench  time and peak memory of every op, backend and peer (amc_kernels.benchmarks; DESIGN §6)
 """
 
 from __future__ import annotations
@@ -172,6 +173,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .benchmarks import _harness  # imported here: the harness imports this module's helpers
+
     parser = argparse.ArgumentParser(
         prog="amc-kernels",
         description=__doc__,
@@ -185,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="every usable backend against the reference")
     check.add_argument("-v", "--verbose", action="store_true", help="list unavailable backends")
     check.set_defaults(run=cmd_check)
+    bench = commands.add_parser(
+        "bench",
+        help="time and peak memory per op, backend and peer",
+        description="Microbenchmarks (DESIGN §6): a quick sweep of every op by default.",
+    )
+    _harness.add_arguments(bench, cli=True)
+    bench.set_defaults(run=_harness.run_cli)
     return parser
 
 

@@ -1,0 +1,89 @@
+"""Benchmark of supcon_loss on two views: SupCon (100 classes) and SimCLR (labels=None).
+
+N samples, V = 2 views, D features; A = V·N anchors ("all") and C = V·N contrast rows.
+Analytic work per call (s: bytes per element of the dtype; labels are int64):
+  forward            2·A·C·D FLOPs (the logit GEMM);       V·N·D·s + 8·N read
+  backward           4·A·C·D FLOPs (two gradient GEMMs);   V·N·D·s + 8·N read, V·N·D·s written
+  forward+backward   the sum of both
+The log-sum-exp epilogue is O(A·C) and not counted; SimCLR reads no labels.
+Peers, on the same normalised embeddings and temperature (base_temperature = temperature, so the
+scales agree): pytorch-metric-learning's SupConLoss for SupCon and NTXentLoss for SimCLR. They
+take one [V·N, D] matrix (views stacked view-major) with the labels (or sample ids) repeated per
+view, and materialise the A×C similarity and mask matrices.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from amc_kernels.benchmarks._harness import (
+    Draw,
+    Inputs,
+    OpBench,
+    Peer,
+    Sweep,
+    Variant,
+    by_mode,
+    main,
+)
+
+VIEWS = 2
+CLASSES = 100  # CIFAR-100, as in SupCon and ExCon
+TEMPERATURE = 0.1
+OPTIONS = {"temperature": TEMPERATURE, "base_temperature": TEMPERATURE}
+
+
+def supervised(draw: Draw, n: int, d: int) -> Inputs:
+    features, labels = draw.normal(n, VIEWS, d), draw.integers(0, CLASSES, n)
+    return Inputs((features, labels), OPTIONS, grads=(0,))
+
+
+def simclr(draw: Draw, n: int, d: int) -> Inputs:
+    return Inputs((draw.normal(n, VIEWS, d), None), OPTIONS, grads=(0,))
+
+
+def pml_loss(name: str) -> Callable[[Inputs], Callable[[], Any]]:
+    """A pytorch-metric-learning loss on the view-major stack, labels repeated per view."""
+
+    def build(inputs: Inputs) -> Callable[[], Any]:
+        from pytorch_metric_learning import losses
+
+        features, labels = inputs.args
+        n, views, d = features.shape
+        groups = torch.arange(n, device=features.device) if labels is None else labels
+        repeated = groups.repeat(views)
+        loss = getattr(losses, name)(temperature=inputs.kwargs["temperature"])
+        return lambda: loss(features.transpose(0, 1).reshape(views * n, d), repeated)
+
+    return build
+
+
+def work(variant: str, n: int, d: int, s: int, mode: str) -> tuple[float, float]:
+    rows = VIEWS * n
+    labels = 8 * n if variant == "supcon" else 0
+    forward = 2.0 * rows * rows * d, float(rows * d * s + labels)
+    backward = 4.0 * rows * rows * d, float(2 * rows * d * s + labels)
+    return by_mode(forward, backward, mode)
+
+
+PACKAGE = "pytorch_metric_learning"
+BENCH = OpBench(
+    op="supcon_loss",
+    n_name="N",
+    d_name="D",
+    variants=(
+        Variant("supcon", supervised, (Peer("pml-SupConLoss", PACKAGE, pml_loss("SupConLoss")),)),
+        Variant("simclr", simclr, (Peer("pml-NTXentLoss", PACKAGE, pml_loss("NTXentLoss")),)),
+    ),
+    work=work,
+    quick=Sweep((128, 512), (128,)),
+    cpu=Sweep((256, 512, 1024, 2048), (128, 512), compile_dims=(128,)),
+    cuda=Sweep((256, 1024, 4096, 16384, 32768, 65536), (128, 512), ("float32", "bfloat16")),
+)
+
+if __name__ == "__main__":
+    sys.exit(main(BENCH))
