@@ -1,0 +1,68 @@
+// CPU pieces shared by angular_distance and amc_loss: the row normalisation of F.normalize and
+// its backward, row spans for tiling, the cosine tile GEMM, and row loops compiled per SIMD width.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdint>
+
+#include "amc_kernels/dispatch.h"
+#include "amc_kernels/math.h"
+
+// A row loop compiled for AVX-512, AVX2 and the baseline ISA; the loader picks the widest one the
+// CPU has (gcc function multiversioning). Loop bodies are branch-free so that gcc vectorises them.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define AMC_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define AMC_SIMD_CLONES
+#endif
+
+namespace amc_kernels::cpu {
+
+// ε of x̂ = x / max(‖x‖, ε), as F.normalize(eps=1e-12).
+constexpr double kNormEps = 1e-12;
+
+// fp64 for fp64, fp32 for fp32, fp16 and bf16.
+at::ScalarType compute_dtype(at::ScalarType dtype);
+
+// Rows [begin, begin + size) of a matrix cut into tiles of `tile` rows.
+struct Span {
+  int64_t begin;
+  int64_t size;
+};
+
+inline int64_t tile_count(int64_t rows, int64_t tile) { return (rows + tile - 1) / tile; }
+
+inline Span tile_span(int64_t index, int64_t rows, int64_t tile) {
+  const int64_t begin = index * tile;
+  return {begin, std::min(tile, rows - begin)};
+}
+
+// x̂ = x / max(‖x‖, ε) row by row in the compute dtype (contiguous), and the norms ‖x‖.
+struct UnitRows {
+  at::Tensor unit;
+  at::Tensor norm;
+};
+
+UnitRows unit_rows(const at::Tensor& x);
+
+// dL/dx from dL/dx̂ (compute dtype, contiguous), cast to `dtype`: the backward of unit_rows.
+// clamp_grad_at_bounds: whether torch's clamp_min passes the gradient at ‖x‖ = ε.
+at::Tensor unit_rows_backward(const UnitRows& rows, const at::Tensor& grad_unit,
+                              at::ScalarType dtype, bool clamp_grad_at_bounds);
+
+// out = â[rows] · b̂[cols]ᵀ: one single-threaded BLAS GEMM (when called inside at::parallel_for)
+// into `out`, a rows.size × cols.size view with unit column stride and any row stride.
+void cosine_tile(const at::Tensor& a_unit, Span rows, const at::Tensor& b_unit, Span cols,
+                 at::Tensor& out);
+
+// values[j] ← arccos(clamp(values[j], −1 + δ, 1 − δ)).
+template <typename acc_t>
+AMC_SIMD_CLONES void clamped_arccos_row(acc_t* values, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    values[j] = clamped_arccos_simd(values[j]);
+  }
+}
+
+}  // namespace amc_kernels::cpu
