@@ -49,7 +49,7 @@ template <typename acc_t>
 AMC_HOST_DEVICE acc_t clamped_arccos_grad(acc_t c, bool grad_at_bounds) {
   const acc_t hi = cosine_bound<acc_t>();
   const acc_t magnitude = c < acc_t(0) ? -c : c;
-  const bool inside = magnitude < hi || (grad_at_bounds && magnitude == hi);
+  const bool inside = (magnitude < hi) | (grad_at_bounds & (magnitude == hi));  // no branch
   const acc_t k = clamp_cosine(c);
   const acc_t slope = acc_t(-1) / std::sqrt(acc_t(1) - k * k);
   return inside ? slope : acc_t(0);
