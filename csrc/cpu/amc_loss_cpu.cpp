@@ -7,7 +7,7 @@
 //   one BLAS GEMM of the cosine tile, then a vectorised epilogue adding every ℓ_ij to the anchor
 //   sums R_i and R_j. Tasks run in rounds of a round-robin tournament, in which no tile appears
 //   twice, so the tasks of a round (at::parallel_for) write disjoint rows: race-free, with O(N)
-//   statistics and a result that does not depend on the thread schedule. Loss: Σ_{i<j} ℓ_ij = ΣR/2
+//   statistics, and deterministic for a given thread count. Loss: Σ_{i<j} ℓ_ij = ΣR/2
 //   ("sum"), divided by N(N−1)/2 ("mean"), or r_i = R_i/(N−1) ("none").
 //   The backward recomputes every tile in the same rounds, turns it into
 //   G_ij = (u_i + u_j)·dℓ/dθ·dθ/dc in place (u: the upstream gradient per anchor) and adds
@@ -255,28 +255,54 @@ int64_t pair_count(int64_t n, const std::string& pairs) {
   return pairs == "all" ? n * (n - 1) / 2 : n / 2;
 }
 
+// max(count, 1) as a divisor: an empty mean is 0, as in the reference.
+double at_least_one(int64_t count) { return static_cast<double>(std::max<int64_t>(count, 1)); }
+
+// The loss from the anchor sums R_i = Σ_{j≠i} ℓ_ij of pairs="all".
+at::Tensor reduce_anchor_sums(const at::Tensor& sums, const std::string& reduction) {
+  const int64_t n = sums.size(0);
+  if (reduction == "none") {
+    return sums / at_least_one(n - 1);
+  }
+  const at::Tensor total = sums.sum() / 2;
+  return reduction == "sum" ? total : total / at_least_one(pair_count(n, "all"));
+}
+
+// The upstream gradient as weights: dL/dℓ_k per pair for "halves" ([⌊N/2⌋]); for "all", anchor
+// weights u with dL/dℓ_ij = u_i + u_j ([N]): g/(N−1) per anchor ("none"), g/2 ("sum"), g/(2P).
+at::Tensor loss_weights(const at::Tensor& upstream, int64_t n, const std::string& pairs,
+                        const std::string& reduction) {
+  const int64_t count = pair_count(n, pairs);
+  if (pairs == "halves") {
+    if (reduction == "none") {
+      return upstream;
+    }
+    const double divisor = reduction == "sum" ? 1.0 : at_least_one(count);
+    return (upstream / divisor).expand({count}).contiguous();
+  }
+  if (reduction == "none") {
+    return upstream / at_least_one(n - 1);
+  }
+  const double divisor = reduction == "sum" ? 2.0 : 2.0 * at_least_one(count);
+  return (upstream / divisor).expand({n}).contiguous();
+}
+
 at::Tensor amc_loss_fwd_cpu(const at::Tensor& features, const at::Tensor& labels, double margin,
                             const std::string& pairs, const std::string& reduction) {
   check_inputs(kFwd, features, labels, pairs, reduction);
   const at::Tensor unit = unit_rows(features).unit;
   const at::Tensor ids = label_ids(labels);
-  const int64_t n = features.size(0);
-  const int64_t count = pair_count(n, pairs);
   at::Tensor result;
   AMC_DISPATCH_FLOATING(features.scalar_type(), kFwd, [&] {
     using acc_t = acc_type<scalar_t>;
     const auto m = static_cast<acc_t>(margin);
-    if (pairs == "halves") {
-      const at::Tensor losses = halves_losses(unit, ids, m);
-      const bool summed = reduction == "sum" || losses.numel() == 0;
-      result = reduction == "none" ? losses : (summed ? losses.sum() : losses.mean());
+    if (pairs == "all") {
+      result = reduce_anchor_sums(all_pairs_anchor_sums(unit, ids, m), reduction);
       return;
     }
-    const at::Tensor sums = all_pairs_anchor_sums(unit, ids, m);
-    const at::Tensor total = sums.sum() / 2;
-    result = reduction == "none" ? sums / static_cast<double>(std::max<int64_t>(n - 1, 1))
-             : reduction == "sum" ? total
-                                  : total / static_cast<double>(std::max<int64_t>(count, 1));
+    const at::Tensor losses = halves_losses(unit, ids, m);
+    const bool summed = reduction == "sum" || losses.numel() == 0;
+    result = reduction == "none" ? losses : (summed ? losses.sum() : losses.mean());
   });
   return result;
 }
@@ -285,41 +311,23 @@ at::Tensor amc_loss_bwd_cpu(const at::Tensor& grad, const at::Tensor& features,
                             const at::Tensor& labels, double margin, const std::string& pairs,
                             const std::string& reduction, bool clamp_grad_at_bounds) {
   check_inputs(kBwd, features, labels, pairs, reduction);
+  const int64_t n = features.size(0);
+  const int64_t expected = reduction != "none" ? 1 : (pairs == "all" ? n : pair_count(n, pairs));
+  AMC_CHECK(grad.numel() == expected, kBwd, "grad must have ", expected,
+            " entries (one per anchor for pairs='all', per pair for 'halves', one for a scalar "
+            "reduction), got shape ",
+            grad.sizes());
   const UnitRows rows = unit_rows(features);
   const at::Tensor ids = label_ids(labels);
-  const int64_t n = features.size(0);
-  const int64_t count = pair_count(n, pairs);
-  const at::Tensor upstream = grad.to(rows.unit.scalar_type()).contiguous();
-  if (reduction == "none") {
-    AMC_CHECK(upstream.numel() == (pairs == "all" ? n : count), kBwd,
-              "grad must have one entry per ", pairs == "all" ? "anchor" : "pair", ", got shape ",
-              grad.sizes());
-  } else {
-    AMC_CHECK(upstream.numel() == 1, kBwd, "grad must be a scalar, got shape ", grad.sizes());
-  }
+  const at::Tensor upstream = grad.to(rows.unit.scalar_type()).reshape(-1).contiguous();
+  const at::Tensor weights = loss_weights(upstream, n, pairs, reduction);
   at::Tensor unit_grad;
   AMC_DISPATCH_FLOATING(features.scalar_type(), kBwd, [&] {
     using acc_t = acc_type<scalar_t>;
     const auto m = static_cast<acc_t>(margin);
-    if (pairs == "halves") {
-      // dL/dℓ_k: the upstream entry ("none"), the upstream scalar ("sum"), or it / ⌊N/2⌋.
-      const at::Tensor weights =
-          reduction == "none" ? upstream
-          : reduction == "sum" ? upstream.expand({count}).contiguous()
-                               : (upstream / static_cast<double>(std::max<int64_t>(count, 1)))
-                                     .expand({count})
-                                     .contiguous();
-      unit_grad = halves_unit_grad(rows.unit, ids, weights, m, clamp_grad_at_bounds);
-      return;
-    }
-    // dL/dℓ_ij = u_i + u_j: u = g/(N−1) per anchor ("none"); g/2 ("sum"); g/(2P) ("mean").
-    const at::Tensor weights =
-        reduction == "none" ? upstream / static_cast<double>(std::max<int64_t>(n - 1, 1))
-        : reduction == "sum" ? (upstream / 2).expand({n}).contiguous()
-                             : (upstream / (2.0 * static_cast<double>(std::max<int64_t>(count, 1))))
-                                   .expand({n})
-                                   .contiguous();
-    unit_grad = all_pairs_unit_grad(rows.unit, ids, weights, m, clamp_grad_at_bounds);
+    unit_grad = pairs == "all"
+                    ? all_pairs_unit_grad(rows.unit, ids, weights, m, clamp_grad_at_bounds)
+                    : halves_unit_grad(rows.unit, ids, weights, m, clamp_grad_at_bounds);
   });
   return unit_rows_backward(rows, unit_grad, features.scalar_type(), clamp_grad_at_bounds);
 }
