@@ -444,16 +444,18 @@ def test_cpp_matches_reference(dtype: torch.dtype, shape: tuple, with_y: bool) -
 @pytest.mark.cpp
 @needs_cpp
 def test_cpp_fp64_is_exact_to_rounding() -> None:
+    # x against y over several 128 × 512 tiles; x against itself over several symmetric tiles.
     x, y = rand(131, 9, seed=1), rand(517, 9, seed=2)
-    xa, ya = x.clone().requires_grad_(), y.clone().requires_grad_()
-    xb, yb = x.clone().requires_grad_(), y.clone().requires_grad_()
-    got, expected = cpp_angular(xa, ya), angular(xb, yb)
-    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
-    weights = rand(131, 517, seed=3)
-    grads = torch.autograd.grad((got * weights).sum(), (xa, ya))
-    expected_grads = torch.autograd.grad((expected * weights).sum(), (xb, yb))
-    for g, e in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+    for args in ((x, y), (rand(300, 9, seed=3),)):
+        leaves = [a.clone().requires_grad_() for a in args]
+        ref_leaves = [a.clone().requires_grad_() for a in args]
+        got, expected = cpp_angular(*leaves), angular(*ref_leaves)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+        weights = rand(*got.shape, seed=4)
+        grads = torch.autograd.grad((got * weights).sum(), leaves)
+        expected_grads = torch.autograd.grad((expected * weights).sum(), ref_leaves)
+        for g, e in zip(grads, expected_grads, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
 
 
 @pytest.mark.cpp

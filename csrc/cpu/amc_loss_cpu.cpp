@@ -19,7 +19,6 @@
 #include <torch/library.h>
 
 #include <string>
-#include <vector>
 
 #include "amc_kernels/checks.h"
 #include "amc_kernels/dispatch.h"
@@ -31,8 +30,6 @@ namespace {
 
 constexpr const char* kFwd = "amc_loss_fwd";
 constexpr const char* kBwd = "amc_loss_bwd";
-constexpr int64_t kMinTile = 64;
-constexpr int64_t kMaxTile = 256;
 
 void check_inputs(const char* op, const at::Tensor& features, const at::Tensor& labels,
                   const std::string& pairs, const std::string& reduction) {
@@ -56,56 +53,7 @@ at::Tensor label_ids(const at::Tensor& labels) {
       .contiguous();
 }
 
-// ---- pairs = "all": tile pairs in rounds ---------------------------------------------------
-
-struct TilePair {
-  int64_t first;
-  int64_t second;
-};
-
-// Every tile pair I ≤ J once, in rounds where no tile appears twice: the diagonal pairs, then
-// the circle method (slot `slots − 1` fixed, the others rotating; a bye slot when `tiles` is odd).
-std::vector<std::vector<TilePair>> tile_pair_rounds(int64_t tiles) {
-  std::vector<std::vector<TilePair>> rounds(1);
-  for (int64_t t = 0; t < tiles; ++t) {
-    rounds[0].push_back({t, t});
-  }
-  const int64_t slots = tiles + tiles % 2;
-  for (int64_t r = 0; r + 1 < slots; ++r) {
-    std::vector<TilePair> round;
-    for (int64_t k = 0; k < slots / 2; ++k) {
-      const int64_t a = k == 0 ? slots - 1 : (r + k) % (slots - 1);
-      const int64_t b = (r - k + slots - 1) % (slots - 1);
-      if (a < tiles && b < tiles) {
-        round.push_back({std::min(a, b), std::max(a, b)});
-      }
-    }
-    rounds.push_back(std::move(round));
-  }
-  return rounds;
-}
-
-// Square tiles of kMaxTile rows, smaller (down to kMinTile) when N is too small to give every
-// thread a task in each round.
-int64_t pair_tile_rows(int64_t n) {
-  const int64_t per_thread = (n + 2 * at::get_num_threads() - 1) / (2 * at::get_num_threads());
-  return std::clamp<int64_t>((per_thread + 15) / 16 * 16, kMinTile, kMaxTile);
-}
-
-// Runs task(pair, scratch) for every tile pair: the rounds one after the other, the pairs of a
-// round in parallel, each thread with its own tile × tile scratch buffer.
-template <typename Task>
-void for_each_tile_pair(int64_t tiles, int64_t tile, const at::TensorOptions& options,
-                        const Task& task) {
-  for (const std::vector<TilePair>& round : tile_pair_rounds(tiles)) {
-    at::parallel_for(0, static_cast<int64_t>(round.size()), 1, [&](int64_t begin, int64_t end) {
-      at::Tensor scratch = at::empty({tile, tile}, options);
-      for (int64_t p = begin; p < end; ++p) {
-        task(round[p], scratch);
-      }
-    });
-  }
-}
+// ---- pairs = "all" -------------------------------------------------------------------------
 
 // Σ_j ℓ(anchor, j) over a row of cosines, each ℓ also added to partner_sums[j].
 template <typename acc_t>
@@ -146,10 +94,10 @@ at::Tensor all_pairs_anchor_sums(const at::Tensor& unit, const at::Tensor& ids, 
   at::Tensor sums = at::zeros({n}, unit.options());
   acc_t* sum_data = sums.mutable_data_ptr<acc_t>();
   const int32_t* id_data = ids.const_data_ptr<int32_t>();
-  const auto task = [&](TilePair pair, at::Tensor& scratch) {
+  const auto task = [&](TilePair pair, const at::Tensor& scratch) {
     const Span r = tile_span(pair.first, n, tile);
     const Span c = tile_span(pair.second, n, tile);
-    at::Tensor cosines = scratch.narrow(0, 0, r.size).narrow(1, 0, c.size);
+    at::Tensor cosines = scratch[0].narrow(0, 0, r.size).narrow(1, 0, c.size);
     cosine_tile(unit, r, unit, c, cosines);
     const acc_t* values = cosines.const_data_ptr<acc_t>();
     for (int64_t i = 0; i < r.size; ++i) {
@@ -159,7 +107,7 @@ at::Tensor all_pairs_anchor_sums(const at::Tensor& unit, const at::Tensor& ids, 
                        id_data[r.begin + i], margin, sum_data + c.begin + first, c.size - first);
     }
   };
-  for_each_tile_pair(tile_count(n, tile), tile, unit.options(), task);
+  for_each_tile_pair(tile_count(n, tile), tile, 1, unit.options(), task);
   return sums;
 }
 
@@ -173,10 +121,10 @@ at::Tensor all_pairs_unit_grad(const at::Tensor& unit, const at::Tensor& ids,
   at::Tensor unit_grad = at::zeros_like(unit);
   const int32_t* id_data = ids.const_data_ptr<int32_t>();
   const acc_t* weights = anchor_weights.const_data_ptr<acc_t>();
-  const auto task = [&](TilePair pair, at::Tensor& scratch) {
+  const auto task = [&](TilePair pair, const at::Tensor& scratch) {
     const Span r = tile_span(pair.first, n, tile);
     const Span c = tile_span(pair.second, n, tile);
-    at::Tensor g = scratch.narrow(0, 0, r.size).narrow(1, 0, c.size);
+    at::Tensor g = scratch[0].narrow(0, 0, r.size).narrow(1, 0, c.size);
     cosine_tile(unit, r, unit, c, g);
     acc_t* values = g.mutable_data_ptr<acc_t>();
     for (int64_t i = 0; i < r.size; ++i) {
@@ -192,7 +140,7 @@ at::Tensor all_pairs_unit_grad(const at::Tensor& unit, const at::Tensor& ids,
     unit_grad.narrow(0, r.begin, r.size).addmm_(g, cols_unit);
     unit_grad.narrow(0, c.begin, c.size).addmm_(g.t(), rows_unit);
   };
-  for_each_tile_pair(tile_count(n, tile), tile, unit.options(), task);
+  for_each_tile_pair(tile_count(n, tile), tile, 1, unit.options(), task);
   return unit_grad;
 }
 

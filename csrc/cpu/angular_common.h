@@ -3,9 +3,11 @@
 #pragma once
 
 #include <ATen/ATen.h>
+#include <ATen/Parallel.h>
 
 #include <algorithm>
 #include <cstdint>
+#include <vector>
 
 #include "amc_kernels/dispatch.h"
 #include "amc_kernels/math.h"
@@ -38,6 +40,40 @@ inline Span tile_span(int64_t index, int64_t rows, int64_t tile) {
   const int64_t begin = index * tile;
   return {begin, std::min(tile, rows - begin)};
 }
+
+// ---- symmetric tile pairs -------------------------------------------------------------------
+
+// Tiles I ≤ J of a symmetric N × N matrix.
+struct TilePair {
+  int64_t first;
+  int64_t second;
+};
+
+// Every tile pair I ≤ J once, in rounds where no tile appears twice: the diagonal pairs, then
+// the circle method (slot `slots − 1` fixed, the others rotating; a bye slot when `tiles` is odd).
+std::vector<std::vector<TilePair>> tile_pair_rounds(int64_t tiles);
+
+// Rows of the square tiles over N rows: 256, smaller (down to 64) when N is too small to give
+// every thread a task in each round.
+int64_t pair_tile_rows(int64_t n);
+
+// Runs task(pair, scratch) for every tile pair: the rounds one after the other, the pairs of a
+// round in parallel. A task may write the rows of both its tiles: the pairs of a round never
+// share one. Each thread has its own scratch, `buffers` × tile × tile of `options`.
+template <typename Task>
+void for_each_tile_pair(int64_t tiles, int64_t tile, int64_t buffers,
+                        const at::TensorOptions& options, const Task& task) {
+  for (const std::vector<TilePair>& round : tile_pair_rounds(tiles)) {
+    at::parallel_for(0, static_cast<int64_t>(round.size()), 1, [&](int64_t begin, int64_t end) {
+      const at::Tensor scratch = at::empty({buffers, tile, tile}, options);
+      for (int64_t p = begin; p < end; ++p) {
+        task(round[p], scratch);
+      }
+    });
+  }
+}
+
+// ---- unit rows -------------------------------------------------------------------------------
 
 // x̂ = x / max(‖x‖, ε) row by row in the compute dtype (contiguous), and the norms ‖x‖.
 struct UnitRows {
