@@ -460,6 +460,19 @@ def test_cpp_fp64_is_exact_to_rounding() -> None:
 
 @pytest.mark.cpp
 @needs_cpp
+def test_cpp_fp32_arccos_within_two_ulp_over_the_whole_range() -> None:
+    # The kernel's vectorised arccos polynomial against torch.arccos on the same fp32 cosines,
+    # for angles spread over [0, π] (random features only reach the middle of the range).
+    angles = torch.linspace(0, math.pi, 20001, dtype=torch.float64)
+    y = torch.stack([angles.cos(), angles.sin()], dim=1).float()
+    x = torch.tensor([[1.0, 0.0]])
+    got, expected = cpp_angular(x, y), angular(x, y)
+    ulp = torch.nextafter(expected, torch.tensor(math.inf)) - expected
+    assert ((got - expected).abs() / ulp).max().item() <= 2
+
+
+@pytest.mark.cpp
+@needs_cpp
 def test_cpp_non_contiguous_inputs_and_gradient() -> None:
     x = rand(12, 5, seed=41)[::2]  # strided rows, [6, 5]
     y = rand(7, 8, seed=42).T[:, :5]  # transposed then sliced, [8, 5]
