@@ -1,5 +1,6 @@
-// CPU pieces shared by angular_distance and amc_loss: the row normalisation of F.normalize and
-// its backward, row spans for tiling, the cosine tile GEMM, and row loops compiled per SIMD width.
+// CPU pieces shared by angular_distance and amc_loss: row spans for tiling, the round-robin
+// schedule of symmetric tile pairs, the row normalisation of F.normalize and its backward, the
+// cosine tile GEMM, and the macro that compiles a row loop once per SIMD width.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -8,9 +9,6 @@
 #include <algorithm>
 #include <cstdint>
 #include <vector>
-
-#include "amc_kernels/dispatch.h"
-#include "amc_kernels/math.h"
 
 // A row loop compiled for AVX-512, AVX2 and the baseline ISA; the loader picks the widest one the
 // CPU has (gcc function multiversioning). Loop bodies are branch-free so that gcc vectorises them.
@@ -92,13 +90,5 @@ at::Tensor unit_rows_backward(const UnitRows& rows, const at::Tensor& grad_unit,
 // into `out`, a rows.size × cols.size view with unit column stride and any row stride.
 void cosine_tile(const at::Tensor& a_unit, Span rows, const at::Tensor& b_unit, Span cols,
                  at::Tensor& out);
-
-// values[j] ← arccos(clamp(values[j], −1 + δ, 1 − δ)).
-template <typename acc_t>
-AMC_SIMD_CLONES void clamped_arccos_row(acc_t* values, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) {
-    values[j] = clamped_arccos_simd(values[j]);
-  }
-}
 
 }  // namespace amc_kernels::cpu

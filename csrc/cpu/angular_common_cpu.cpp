@@ -11,6 +11,8 @@
 
 #include <ATen/Parallel.h>
 
+#include "amc_kernels/dispatch.h"
+
 namespace amc_kernels::cpu {
 namespace {
 

@@ -57,6 +57,14 @@ void cast_row(const acc_t* values, scalar_t* out, int64_t n) {
   }
 }
 
+// values[j] ← arccos(clamp(values[j], −1 + δ, 1 − δ)).
+template <typename acc_t>
+AMC_SIMD_CLONES void clamped_arccos_row(acc_t* values, int64_t n) {
+  for (int64_t j = 0; j < n; ++j) {
+    values[j] = clamped_arccos_simd(values[j]);
+  }
+}
+
 // cosines[j] ← grad[j] · dθ/dc(cosines[j]).
 template <typename acc_t, typename scalar_t>
 AMC_SIMD_CLONES void arccos_grad_row(acc_t* cosines, const scalar_t* grad, bool grad_at_bounds,
