@@ -6,8 +6,9 @@
 //   pair I ≤ J of the symmetric cosine matrix (strictly upper within a diagonal tile) is one task:
 //   one BLAS GEMM of the cosine tile, then a vectorised epilogue adding every ℓ_ij to the anchor
 //   sums R_i and R_j. Tasks run in rounds of a round-robin tournament, in which no tile appears
-//   twice, so the tasks of a round (at::parallel_for) write disjoint rows: race-free, with O(N)
-//   statistics, and deterministic for a given thread count. Loss: Σ_{i<j} ℓ_ij = ΣR/2
+//   twice, so the tasks of a round (claimed by the threads in turn) write disjoint rows:
+//   race-free, with O(N) statistics, and deterministic for a given thread count (the tile size
+//   follows it). Loss: Σ_{i<j} ℓ_ij = ΣR/2
 //   ("sum"), divided by N(N−1)/2 ("mean"), or r_i = R_i/(N−1) ("none").
 //   The backward recomputes every tile in the same rounds, turns it into
 //   G_ij = (u_i + u_j)·dℓ/dθ·dθ/dc in place (u: the upstream gradient per anchor) and adds

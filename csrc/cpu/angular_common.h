@@ -7,6 +7,7 @@
 #include <ATen/Parallel.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
 #include <vector>
 
@@ -55,19 +56,33 @@ std::vector<std::vector<TilePair>> tile_pair_rounds(int64_t tiles);
 // every thread a task in each round.
 int64_t pair_tile_rows(int64_t n);
 
+// Runs task(i, scratch) for every i in [0, count) on the at::parallel_for threads, each thread
+// claiming the next i when it is free: a slow or preempted thread holds the others up by one
+// task at most. Each thread has its own scratch = make_scratch().
+template <typename MakeScratch, typename Task>
+void parallel_claim(int64_t count, const MakeScratch& make_scratch, const Task& task) {
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(count, at::get_num_threads());
+  at::parallel_for(0, workers, 1, [&](int64_t /*begin*/, int64_t /*end*/) {
+    auto scratch = make_scratch();
+    for (int64_t i = next++; i < count; i = next++) {
+      task(i, scratch);
+    }
+  });
+}
+
 // Runs task(pair, scratch) for every tile pair: the rounds one after the other, the pairs of a
 // round in parallel. A task may write the rows of both its tiles: the pairs of a round never
-// share one. Each thread has its own scratch, `buffers` × tile × tile of `options`.
+// share one, so the result does not depend on which thread runs which pair. Each thread has its
+// own scratch, `buffers` × tile × tile of `options`.
 template <typename Task>
 void for_each_tile_pair(int64_t tiles, int64_t tile, int64_t buffers,
                         const at::TensorOptions& options, const Task& task) {
+  const auto make_scratch = [&] { return at::empty({buffers, tile, tile}, options); };
   for (const std::vector<TilePair>& round : tile_pair_rounds(tiles)) {
-    at::parallel_for(0, static_cast<int64_t>(round.size()), 1, [&](int64_t begin, int64_t end) {
-      const at::Tensor scratch = at::empty({buffers, tile, tile}, options);
-      for (int64_t p = begin; p < end; ++p) {
-        task(round[p], scratch);
-      }
-    });
+    parallel_claim(
+        static_cast<int64_t>(round.size()), make_scratch,
+        [&](int64_t p, const at::Tensor& scratch) { task(round[p], scratch); });
   }
 }
 

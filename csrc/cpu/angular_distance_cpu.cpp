@@ -3,13 +3,14 @@
 //   y = None means y = x. Backward: G = grad ⊙ dθ/dc (zero outside the clamp; at its bounds as
 //   the running torch's clamp, see clamped_arccos_grad), dx̂ = G ŷ, dŷ = Gᵀ x̂, then the backward
 //   of the normalisation.
-// Mapping with y: the unit rows are computed once (O((N + M)·D)). Forward: at::parallel_for over
-//   kRowTile × kColTile tiles of θ; one BLAS GEMM writes the tile's cosines into the output (into
-//   a per-thread fp32 tile for fp16/bf16 outputs), then the vectorised clamped arccos runs over
-//   the tile while it is in cache. Backward: at::parallel_for over chunks of row tiles, one per
-//   thread; a chunk recomputes the cosine tiles of its rows (θ is not inverted: the clamp mask
-//   needs c itself), turns each into G in place, adds G ŷ_J to its own rows of dx̂ and Gᵀ x̂_I to
-//   a private dŷ; the private dŷ are summed at the end (O(threads·M·D)).
+// Mapping with y: the unit rows are computed once (O((N + M)·D)). Forward: the threads claim
+//   kRowTile × kColTile tiles of θ in turn (parallel_claim); one BLAS GEMM writes the tile's
+//   cosines into the output (into a per-thread fp32 tile for fp16/bf16 outputs), then the
+//   vectorised clamped arccos runs over the tile while it is in cache. Backward: at::parallel_for
+//   over chunks of row tiles, one per thread; a chunk recomputes the cosine tiles of its rows (θ
+//   is not inverted: the clamp mask needs c itself), turns each into G in place, adds G ŷ_J to its
+//   own rows of dx̂ and Gᵀ x̂_I to a private dŷ; the private dŷ are summed at the end
+//   (O(threads·M·D)).
 // Mapping with y = None: θ is symmetric, so only the square tile pairs I ≤ J are computed (half
 //   the GEMMs), in the round-robin rounds of for_each_tile_pair. Forward: one GEMM and arccos per
 //   pair, written to θ_IJ and, transposed, to θ_JI. Backward: dx̂ = (G + Gᵀ) x̂; per pair
@@ -111,27 +112,25 @@ void angular_forward_tiles(const at::Tensor& x_unit, const at::Tensor& y_unit, a
   const int64_t cols = y_unit.size(0);
   const int64_t col_tiles = tile_count(cols, kColTile);
   scalar_t* out_data = out.mutable_data_ptr<scalar_t>();
-  at::parallel_for(0, tile_count(rows, kRowTile) * col_tiles, 1, [&](int64_t begin, int64_t end) {
-    at::Tensor scratch;
-    if constexpr (!in_place) {
-      scratch = at::empty({kRowTile, kColTile}, x_unit.options());
-    }
-    for (int64_t task = begin; task < end; ++task) {
-      const Span r = tile_span(task / col_tiles, rows, kRowTile);
-      const Span c = tile_span(task % col_tiles, cols, kColTile);
-      at::Tensor tile = in_place ? out.narrow(0, r.begin, r.size).narrow(1, c.begin, c.size)
-                                 : scratch.narrow(0, 0, r.size).narrow(1, 0, c.size);
-      cosine_tile(x_unit, r, y_unit, c, tile);
-      acc_t* values = tile.mutable_data_ptr<acc_t>();
-      for (int64_t i = 0; i < r.size; ++i) {
-        acc_t* row = values + i * tile.stride(0);
-        clamped_arccos_row(row, c.size);
-        if constexpr (!in_place) {
-          cast_row(row, out_data + (r.begin + i) * cols + c.begin, c.size);
-        }
+  const auto make_scratch = [&] {
+    return in_place ? at::Tensor() : at::empty({kRowTile, kColTile}, x_unit.options());
+  };
+  const auto task = [&](int64_t index, const at::Tensor& scratch) {
+    const Span r = tile_span(index / col_tiles, rows, kRowTile);
+    const Span c = tile_span(index % col_tiles, cols, kColTile);
+    at::Tensor tile = in_place ? out.narrow(0, r.begin, r.size).narrow(1, c.begin, c.size)
+                               : scratch.narrow(0, 0, r.size).narrow(1, 0, c.size);
+    cosine_tile(x_unit, r, y_unit, c, tile);
+    acc_t* values = tile.mutable_data_ptr<acc_t>();
+    for (int64_t i = 0; i < r.size; ++i) {
+      acc_t* row = values + i * tile.stride(0);
+      clamped_arccos_row(row, c.size);
+      if constexpr (!in_place) {
+        cast_row(row, out_data + (r.begin + i) * cols + c.begin, c.size);
       }
     }
-  });
+  };
+  parallel_claim(tile_count(rows, kRowTile) * col_tiles, make_scratch, task);
 }
 
 // y = None: θ = out for the symmetric matrix, one GEMM per tile pair I ≤ J.
