@@ -46,8 +46,8 @@ def _(
     normalize: bool,
     reduction: str,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    grad_negatives = features.new_empty((0,)) if negatives is None else negatives.new_empty(
-        negatives.shape
+    grad_negatives = (
+        features.new_empty((0,)) if negatives is None else negatives.new_empty(negatives.shape)
     )
     return features.new_empty(features.shape), grad_negatives
 

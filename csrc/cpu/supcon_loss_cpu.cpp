@@ -20,8 +20,8 @@
 // block is one-sided: its tiles feed their anchor rows. Tasks run in rounds in which no tile
 // appears twice (a round-robin tournament over the anchor tiles, then a cyclic anchor × column
 // schedule); the tasks of a round run in parallel (at::parallel_for, one single-threaded GEMM
-// each), so every row's statistics and gradient are updated by one thread at a time, in an order
-// that does not depend on the number of threads. The backward recomputes each tile, turns it in
+// each), so every row's statistics and gradient are updated by one thread at a time, in the
+// fixed order of the rounds: no atomics, no per-thread copies of O(N) state. The backward recomputes each tile, turns it in
 // place into G, the softmax part of dL/d⟨z_i, z_j⟩ (both directions of a symmetric tile at once),
 // and adds G·Z_J to dZ_I and Gᵀ·Z_I to dZ_J (two GEMMs). Epilogues are SIMD loops (AVX-512,
 // AVX2 or baseline clones) over the rows of a tile, with the exponentials max-subtracted.
@@ -57,6 +57,15 @@ constexpr const char* kBwd = "supcon_loss_bwd";
 constexpr double kNormEps = 1e-12;  // F.normalize's eps
 constexpr int64_t kMinTile = 32;
 constexpr int64_t kMaxTile = 256;
+// Below this many multiply-adds in the logits (A·C·D) the work runs on the calling thread in
+// tiles of up to kSerialTile rows (one tile when A ≤ kSerialTile): few, larger GEMM calls, each
+// of which BLAS may thread, instead of parallel rounds that would cost more than they save.
+constexpr int64_t kParallelWork = int64_t(1) << 20;
+constexpr int64_t kSerialTile = 1024;
+// Row loops (load, normalisation backward) hand a thread at least this many elements, as ATen.
+constexpr int64_t kRowLoopGrain = 32768;
+
+int64_t row_grain(int64_t dim) { return std::max<int64_t>(1, kRowLoopGrain / std::max<int64_t>(dim, 1)); }
 
 // ---- inputs --------------------------------------------------------------------------------
 
@@ -126,7 +135,7 @@ StridedRows<T> plain_rows(T* data, const at::Tensor& t) {  // t: [M, D]
 template <typename scalar_t, typename acc_t>
 void load_rows(StridedRows<const scalar_t> source, int64_t count, int64_t dim, bool normalize,
                acc_t* z, acc_t* norms) {
-  at::parallel_for(0, count, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, count, row_grain(dim), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const scalar_t* in = source.row(r);
       acc_t* out = z + r * dim;
@@ -151,7 +160,7 @@ void load_rows(StridedRows<const scalar_t> source, int64_t count, int64_t dim, b
 template <typename scalar_t, typename acc_t>
 void store_input_grad(const acc_t* grad_z, const acc_t* z, const acc_t* norms, int64_t count,
                       int64_t dim, bool normalize, StridedRows<scalar_t> target) {
-  at::parallel_for(0, count, 64, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, count, row_grain(dim), [&](int64_t begin, int64_t end) {
     for (int64_t r = begin; r < end; ++r) {
       const acc_t* g = grad_z + r * dim;
       const acc_t* unit = z + r * dim;
@@ -209,6 +218,7 @@ struct Problem {
   at::Tensor class_sums;  // [K, D] S[y]
   Tiling anchor_tiles;    // [0, A)
   Tiling other_tiles;     // [A, C)
+  bool parallel;          // whether the tasks of a round run in parallel
 };
 
 // Dense class ids of the samples ([N] int64) and their number.
@@ -222,8 +232,11 @@ std::tuple<at::Tensor, int64_t> sample_classes(const std::optional<at::Tensor>& 
 }
 
 // Square tiles of kMaxTile rows, smaller (down to kMinTile) when there are too few anchors to
-// give every thread a task in each round.
-int64_t tile_rows(int64_t anchors) {
+// give every thread a task in each round; serial work takes the anchors in one tile if it can.
+int64_t tile_rows(int64_t anchors, bool parallel) {
+  if (!parallel) {
+    return std::clamp<int64_t>(anchors, 1, kSerialTile);
+  }
   const int64_t threads = at::get_num_threads();
   const int64_t per_thread = (anchors + 2 * threads - 1) / (2 * threads);
   return std::clamp<int64_t>((per_thread + 15) / 16 * 16, kMinTile, kMaxTile);
@@ -263,7 +276,8 @@ Problem make_problem(const at::Tensor& features, const std::optional<at::Tensor>
   p.positives = (class_size.index_select(0, anchor_class) * p.views - 1).to(options.dtype());
   p.class_sums = at::zeros({classes, dim}, options)
                      .index_add_(0, p.row_class, p.z.narrow(0, 0, p.rows));
-  const int64_t tile = tile_rows(p.anchors);
+  p.parallel = p.anchors * p.columns * dim >= kParallelWork;
+  const int64_t tile = tile_rows(p.anchors, p.parallel);
   p.anchor_tiles = {0, p.anchors, tile};
   p.other_tiles = {p.anchors, p.columns, tile};
   return p;
@@ -321,25 +335,30 @@ std::vector<Round> one_sided_rounds(int64_t anchor_tiles, int64_t other_tiles) {
   return rounds;
 }
 
-// The scratch of one thread: a tile of logits and two vectors along its columns.
+// The scratch of one thread: a tile of logits and the per-row and per-column maxima and sums.
 template <typename acc_t>
 struct Scratch {
   at::Tensor buffer;
-  std::vector<acc_t> column_a;
-  std::vector<acc_t> column_b;
+  std::vector<acc_t> row_max;
+  std::vector<acc_t> column_max;
+  std::vector<acc_t> column_sum;
 
   Scratch(int64_t tile, const at::TensorOptions& options)
-      : buffer(at::empty({tile * tile}, options)), column_a(tile), column_b(tile) {}
+      : buffer(at::empty({tile * tile}, options)),
+        row_max(tile),
+        column_max(tile),
+        column_sum(tile) {}
 };
 
 // Runs task(pair, scratch) for every pair: the rounds one after the other, the pairs of a round
-// in parallel.
+// in parallel (or on this thread when the problem is small).
 template <typename acc_t, typename Task>
-void run_rounds(const std::vector<Round>& rounds, int64_t tile, const at::TensorOptions& options,
-                const Task& task) {
+void run_rounds(const std::vector<Round>& rounds, const Problem& p, const Task& task) {
+  const int64_t tile = p.anchor_tiles.tile;
   for (const Round& round : rounds) {
-    at::parallel_for(0, static_cast<int64_t>(round.size()), 1, [&](int64_t begin, int64_t end) {
-      Scratch<acc_t> scratch(tile, options);
+    const int64_t tasks = static_cast<int64_t>(round.size());
+    at::parallel_for(0, tasks, p.parallel ? 1 : tasks, [&](int64_t begin, int64_t end) {
+      Scratch<acc_t> scratch(tile, p.z.options());
       for (int64_t p = begin; p < end; ++p) {
         task(round[p], scratch);
       }
@@ -425,18 +444,18 @@ void merge_rows(const acc_t* tile, Span rows, int64_t cols, OnlineLogSumExp<acc_
 template <typename acc_t>
 void merge_rows_and_columns(const acc_t* tile, Span rows, Span cols, Scratch<acc_t>& scratch,
                             OnlineLogSumExp<acc_t>* states) {
-  acc_t* column_max = scratch.column_a.data();
-  acc_t* column_sum = scratch.column_b.data();
+  acc_t* top = scratch.row_max.data();
+  acc_t* column_max = scratch.column_max.data();
+  acc_t* column_sum = scratch.column_sum.data();
   std::fill(column_max, column_max + cols.size, -std::numeric_limits<acc_t>::infinity());
   std::fill(column_sum, column_sum + cols.size, acc_t(0));
   for (int64_t i = 0; i < rows.size; ++i) {
-    row_max_and_column_max(tile + i * cols.size, column_max, cols.size);
+    top[i] = row_max_and_column_max(tile + i * cols.size, column_max, cols.size);
   }
   for (int64_t i = 0; i < rows.size; ++i) {
-    const acc_t* row = tile + i * cols.size;
-    const acc_t top = row_max(row, cols.size);
-    const acc_t sum = row_and_column_exp_sums(row, top, column_max, column_sum, cols.size);
-    states[rows.begin + i].merge({top, sum});
+    const acc_t sum =
+        row_and_column_exp_sums(tile + i * cols.size, top[i], column_max, column_sum, cols.size);
+    states[rows.begin + i].merge({top[i], sum});
   }
   for (int64_t j = 0; j < cols.size; ++j) {
     states[cols.begin + j].merge({column_max[j], column_sum[j]});
@@ -448,7 +467,6 @@ template <typename acc_t>
 at::Tensor anchor_log_sum_exp(const Problem& p) {
   std::vector<OnlineLogSumExp<acc_t>> states(p.anchors, OnlineLogSumExp<acc_t>::empty());
   OnlineLogSumExp<acc_t>* state = states.data();
-  const int64_t tile = p.anchor_tiles.tile;
   const auto symmetric = [&](TilePair pair, Scratch<acc_t>& scratch) {
     const Span rows = p.anchor_tiles.span(pair.first);
     const Span cols = p.anchor_tiles.span(pair.second);
@@ -465,9 +483,8 @@ at::Tensor anchor_log_sum_exp(const Problem& p) {
     const at::Tensor logits = logit_tile(p, rows, cols, scratch.buffer);
     merge_rows(logits.const_data_ptr<acc_t>(), rows, cols.size, state);
   };
-  run_rounds<acc_t>(symmetric_rounds(p.anchor_tiles.count()), tile, p.z.options(), symmetric);
-  run_rounds<acc_t>(one_sided_rounds(p.anchor_tiles.count(), p.other_tiles.count()), tile,
-                    p.z.options(), one_sided);
+  run_rounds<acc_t>(symmetric_rounds(p.anchor_tiles.count()), p, symmetric);
+  run_rounds<acc_t>(one_sided_rounds(p.anchor_tiles.count(), p.other_tiles.count()), p, one_sided);
   at::Tensor lse = at::empty({p.anchors}, p.z.options());
   acc_t* out = lse.mutable_data_ptr<acc_t>();
   for (int64_t a = 0; a < p.anchors; ++a) {
@@ -504,7 +521,6 @@ SUPCON_SIMD_CLONES void anchor_grad_row(acc_t* row, acc_t coef, acc_t shift, int
 // coef_a = 0, so that exp gives 0 and never meets a −inf lse).
 template <typename acc_t>
 void add_softmax_grad(const Problem& p, const acc_t* coef, const acc_t* shift, at::Tensor& grad_z) {
-  const int64_t tile = p.anchor_tiles.tile;
   const auto symmetric = [&](TilePair pair, Scratch<acc_t>& scratch) {
     const Span rows = p.anchor_tiles.span(pair.first);
     const Span cols = p.anchor_tiles.span(pair.second);
@@ -532,9 +548,8 @@ void add_softmax_grad(const Problem& p, const acc_t* coef, const acc_t* shift, a
     grad_z.narrow(0, rows.begin, rows.size).addmm_(g, p.z.narrow(0, cols.begin, cols.size));
     grad_z.narrow(0, cols.begin, cols.size).addmm_(g.t(), p.z.narrow(0, rows.begin, rows.size));
   };
-  run_rounds<acc_t>(symmetric_rounds(p.anchor_tiles.count()), tile, p.z.options(), symmetric);
-  run_rounds<acc_t>(one_sided_rounds(p.anchor_tiles.count(), p.other_tiles.count()), tile,
-                    p.z.options(), one_sided);
+  run_rounds<acc_t>(symmetric_rounds(p.anchor_tiles.count()), p, symmetric);
+  run_rounds<acc_t>(one_sided_rounds(p.anchor_tiles.count(), p.other_tiles.count()), p, one_sided);
 }
 
 // ---- the positives through class sums -----------------------------------------------------
