@@ -653,6 +653,19 @@ def test_cpp_fp64_is_exact_to_rounding(mode: str, normalize: bool) -> None:
 
 @pytest.mark.cpp
 @needs_cpp
+@pytest.mark.parametrize("n", [60, 150], ids=["one tile", "multi-tile"])
+def test_cpp_float32_large_logits_are_consistent(n: int) -> None:
+    # Unnormalised rows of norm ~120 at T = 0.1: logits ~1e5, where one fp32 ulp of a logit moves
+    # its softmax by ~1%. Each pair's logit must be one value in the forward and the backward,
+    # also inside diagonal tiles, for the gradient to stay within the reference's error.
+    x, labels = rand(n, 2, 16, seed=n) * 30, rand_labels(n, 5, seed=n)
+    assert_cpp_matches_reference(
+        x.float(), labels, normalize=False, temperature=0.1, reduction="none"
+    )
+
+
+@pytest.mark.cpp
+@needs_cpp
 def test_cpp_labels_are_any_integers() -> None:
     x = rand(8, 2, 4, seed=5)
     raw = longs([10**12, -3, 7, -3, 10**12, 7, 7, 0])

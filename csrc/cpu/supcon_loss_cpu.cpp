@@ -16,7 +16,10 @@
 // Mapping. Anchor rows [0, A) and the other columns [A, C) are cut into tiles of at most 256 rows.
 // The anchor × anchor block is symmetric: each tile pair I ≤ J is one task with one BLAS GEMM
 // L = Z_I Z_Jᵀ / T whose rows feed the online log-sum-exp of the rows of I and whose columns that
-// of the rows of J (a diagonal tile, self excluded, feeds its rows only). The anchor × other-column
+// of the rows of J; a diagonal tile does so with its strict upper triangle, so that every pair
+// {a, c} is one logit value in both directions and in both passes (BLAS does not return an
+// exactly symmetric Z_I Z_Iᵀ, and large logits would turn that into inconsistent softmaxes).
+// The anchor × other-column
 // block is one-sided: its tiles feed their anchor rows. Tasks run in rounds in which no tile
 // appears twice (a round-robin tournament over the anchor tiles, then a cyclic anchor × column
 // schedule); the tasks of a round run in parallel (at::parallel_for, one single-threaded GEMM
@@ -366,17 +369,16 @@ void run_rounds(const std::vector<Round>& rounds, const Problem& p, const Task& 
   }
 }
 
-// L = Z[rows]·Z[cols]ᵀ / T as a contiguous rows.size × cols.size matrix in the scratch buffer;
-// the diagonal of a tile with itself is −inf (the self-pair is excluded everywhere).
+// L = Z[rows]·Z[cols]ᵀ / T as a contiguous rows.size × cols.size matrix in the scratch buffer.
 at::Tensor logit_tile(const Problem& p, Span rows, Span cols, at::Tensor& buffer) {
   at::Tensor tile = buffer.narrow(0, 0, rows.size * cols.size).view({rows.size, cols.size});
   at::addmm_out(tile, tile, p.z.narrow(0, rows.begin, rows.size),
                 p.z.narrow(0, cols.begin, cols.size).t(), /*beta=*/0, 1.0 / p.temperature);
-  if (rows.begin == cols.begin) {
-    tile.diagonal().fill_(-std::numeric_limits<double>::infinity());
-  }
   return tile;
 }
+
+// The first column of row i that a tile pair uses: past the diagonal for a tile with itself.
+int64_t first_column(TilePair pair, int64_t i) { return pair.first == pair.second ? i + 1 : 0; }
 
 // ---- forward: online log-sum-exp -----------------------------------------------------------
 
@@ -427,34 +429,37 @@ SUPCON_SIMD_CLONES acc_t row_exp_sum(const acc_t* row, acc_t shift, int64_t n) {
   return total;
 }
 
-// Merges every row of the tile into the states of its rows.
+// Merges every row of a one-sided tile into the states of its rows.
 template <typename acc_t>
 void merge_rows(const acc_t* tile, Span rows, int64_t cols, OnlineLogSumExp<acc_t>* states) {
   for (int64_t i = 0; i < rows.size; ++i) {
     const acc_t* row = tile + i * cols;
     const acc_t top = row_max(row, cols);
-    if (top != -std::numeric_limits<acc_t>::infinity()) {  // a row holding only the self-pair
-      states[rows.begin + i].merge({top, row_exp_sum(row, top, cols)});
-    }
+    states[rows.begin + i].merge({top, row_exp_sum(row, top, cols)});
   }
 }
 
-// Merges the rows of an off-diagonal symmetric tile into the states of its rows, and its columns
-// into the states of its columns.
+// Merges the rows of a symmetric tile into the states of its rows, and its columns into the
+// states of its columns (a diagonal tile: its strict upper triangle). An empty row or column
+// segment merges (−inf, 0), which changes nothing.
 template <typename acc_t>
-void merge_rows_and_columns(const acc_t* tile, Span rows, Span cols, Scratch<acc_t>& scratch,
-                            OnlineLogSumExp<acc_t>* states) {
+void merge_rows_and_columns(const acc_t* tile, TilePair pair, Span rows, Span cols,
+                            Scratch<acc_t>& scratch, OnlineLogSumExp<acc_t>* states) {
   acc_t* top = scratch.row_max.data();
   acc_t* column_max = scratch.column_max.data();
   acc_t* column_sum = scratch.column_sum.data();
   std::fill(column_max, column_max + cols.size, -std::numeric_limits<acc_t>::infinity());
   std::fill(column_sum, column_sum + cols.size, acc_t(0));
   for (int64_t i = 0; i < rows.size; ++i) {
-    top[i] = row_max_and_column_max(tile + i * cols.size, column_max, cols.size);
+    const int64_t first = first_column(pair, i);
+    top[i] = row_max_and_column_max(tile + i * cols.size + first, column_max + first,
+                                    cols.size - first);
   }
   for (int64_t i = 0; i < rows.size; ++i) {
-    const acc_t sum =
-        row_and_column_exp_sums(tile + i * cols.size, top[i], column_max, column_sum, cols.size);
+    const int64_t first = first_column(pair, i);
+    const acc_t sum = row_and_column_exp_sums(tile + i * cols.size + first, top[i],
+                                              column_max + first, column_sum + first,
+                                              cols.size - first);
     states[rows.begin + i].merge({top[i], sum});
   }
   for (int64_t j = 0; j < cols.size; ++j) {
@@ -471,11 +476,7 @@ at::Tensor anchor_log_sum_exp(const Problem& p) {
     const Span rows = p.anchor_tiles.span(pair.first);
     const Span cols = p.anchor_tiles.span(pair.second);
     const at::Tensor logits = logit_tile(p, rows, cols, scratch.buffer);
-    if (pair.first == pair.second) {
-      merge_rows(logits.const_data_ptr<acc_t>(), rows, cols.size, state);
-    } else {
-      merge_rows_and_columns(logits.const_data_ptr<acc_t>(), rows, cols, scratch, state);
-    }
+    merge_rows_and_columns(logits.const_data_ptr<acc_t>(), pair, rows, cols, scratch, state);
   };
   const auto one_sided = [&](TilePair pair, Scratch<acc_t>& scratch) {
     const Span rows = p.anchor_tiles.span(pair.first);
@@ -516,6 +517,18 @@ SUPCON_SIMD_CLONES void anchor_grad_row(acc_t* row, acc_t coef, acc_t shift, int
   }
 }
 
+// g ← U + Uᵀ for the strict upper triangle U of the n × n matrix g: zero diagonal, lower
+// triangle mirrored from the upper one.
+template <typename acc_t>
+void mirror_upper_triangle(acc_t* g, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    g[i * n + i] = 0;
+    for (int64_t j = i + 1; j < n; ++j) {
+      g[j * n + i] = g[i * n + j];
+    }
+  }
+}
+
 // dZ += the softmax part of dL/dZ: Σ_{a, c ≠ a} coef_a·p_ac·(z_c on row a, z_a on row c), with
 // coef_a = k·w_a/T for anchors with positives and 0 otherwise; shift_a = lse_a (+inf where
 // coef_a = 0, so that exp gives 0 and never meets a −inf lse).
@@ -527,12 +540,17 @@ void add_softmax_grad(const Problem& p, const acc_t* coef, const acc_t* shift, a
     at::Tensor g = logit_tile(p, rows, cols, scratch.buffer);
     acc_t* values = g.mutable_data_ptr<acc_t>();
     for (int64_t i = 0; i < rows.size; ++i) {
-      symmetric_grad_row(values + i * cols.size, coef[rows.begin + i], shift[rows.begin + i],
-                         coef + cols.begin, shift + cols.begin, cols.size);
+      const int64_t first = first_column(pair, i);
+      symmetric_grad_row(values + i * cols.size + first, coef[rows.begin + i],
+                         shift[rows.begin + i], coef + cols.begin + first,
+                         shift + cols.begin + first, cols.size - first);
     }
     const at::Tensor z_rows = p.z.narrow(0, rows.begin, rows.size);
-    grad_z.narrow(0, rows.begin, rows.size).addmm_(g, p.z.narrow(0, cols.begin, cols.size));
-    if (pair.first != pair.second) {  // a diagonal G is symmetric: one product covers both sides
+    if (pair.first == pair.second) {  // G symmetric: one product covers both sides
+      mirror_upper_triangle(values, rows.size);
+      grad_z.narrow(0, rows.begin, rows.size).addmm_(g, z_rows);
+    } else {
+      grad_z.narrow(0, rows.begin, rows.size).addmm_(g, p.z.narrow(0, cols.begin, cols.size));
       grad_z.narrow(0, cols.begin, cols.size).addmm_(g.t(), z_rows);
     }
   };
