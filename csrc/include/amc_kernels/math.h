@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "amc_kernels/macros.h"
@@ -131,6 +132,32 @@ struct OnlineLogSumExp {
   // log Σ exp(x); −inf for an empty stream.
   AMC_HOST_DEVICE acc_t value() const { return max + std::log(sum); }
 };
+
+// exp(x) in a branch-free form that compilers vectorise (no calls), for the exponentials of
+// max-subtracted logits. float: x = n·ln2 + r with |r| ≤ ln2/2 (ln2 split in two parts),
+// exp(r) by Cephes' expf polynomial, 2^n through the exponent bits; within 2 ulp of expf for
+// x ≤ 88. Arguments below ln(FLT_MIN) ≈ −87.34, −inf included, give exactly 0 (no subnormals).
+// double: std::exp.
+AMC_HOST_DEVICE float simd_exp(float x) {
+  const float lowest = -87.33654f;
+  const float highest = 88.0f;
+  const float clamped = x < lowest ? lowest : (x > highest ? highest : x);
+  const float n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x/ln2)
+  const float r = (clamped - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float exp_r = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float two_n;
+  memcpy(&two_n, &bits, sizeof(two_n));
+  return x < lowest ? 0.0f : exp_r * two_n;
+}
+
+AMC_HOST_DEVICE double simd_exp(double x) { return std::exp(x); }
 
 // ---- bilinear weights (align_corners=False, as torch's upsample_bilinear2d) ----------------
 
