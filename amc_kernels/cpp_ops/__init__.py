@@ -1,5 +1,5 @@
 """Fake (meta) kernels and autograd for the ops of amc_kernels._C, one module per op."""
 
-from . import selfcheck
+from . import cgc_loss, selfcheck
 
-__all__ = ["selfcheck"]
+__all__ = ["cgc_loss", "selfcheck"]
