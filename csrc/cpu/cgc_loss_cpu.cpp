@@ -39,8 +39,13 @@ namespace {
 
 constexpr const char* kFwd = "cgc_loss_fwd";
 constexpr const char* kBwd = "cgc_loss_bwd";
-constexpr int64_t kSamplesPerTask = 4;  // a sample costs ~3·10⁴ flops at 7×7 maps, size 224
-constexpr int64_t kRowsPerTask = 16;    // rows of the B×B epilogue
+// Operations per parallel task: smaller jobs run inline, where starting threads costs more.
+constexpr int64_t kWorkPerTask = int64_t(1) << 16;
+
+// The grain of at::parallel_for for items of `work` operations each.
+int64_t grain_for(int64_t work) {
+  return std::max<int64_t>(1, kWorkPerTask / std::max<int64_t>(1, work));
+}
 
 // ---- small dense matrices (row-major) --------------------------------------------------------
 
@@ -180,6 +185,10 @@ struct CgcProblem {
   }
 
   int64_t pixels() const { return h * w; }
+  // Operations of one sample: 2 × 28 tap updates per frame row, four h×w sandwiches.
+  int64_t sample_work() const { return 56 * size + 4 * pixels() * (h + w); }
+  // Operations of one row of the B×B epilogue (an exp and a few divisions per entry).
+  int64_t row_work() const { return 16 * batch; }
   const acc_t* orig_map(int64_t b) const { return orig + b * pixels(); }
   const acc_t* aug_map(int64_t b) const { return aug + b * pixels(); }
 };
@@ -234,7 +243,7 @@ Statistics<acc_t> compute_statistics(const CgcProblem<acc_t>& p, const at::Tenso
   s.z = at::empty_like(aug_flat);
   acc_t* z = s.z.template mutable_data_ptr<acc_t>();
   const acc_t eps = map_eps<acc_t>();
-  at::parallel_for(0, p.batch, kSamplesPerTask, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.batch, grain_for(p.sample_work()), [&](int64_t begin, int64_t end) {
     SampleWorkspace<acc_t> ws(p);
     for (int64_t b = begin; b < end; ++b) {
       const acc_t* c = p.orig_map(b);
@@ -281,7 +290,7 @@ Cosines<acc_t> compute_cosines(const CgcProblem<acc_t>& p, const Statistics<acc_
     const acc_t uv = normalized_map_inner(s.xy[b], sx, sy, so, sa, count);
     cos.positive[b] = uv / (cos.norm_u[b] * cos.norm_v[b]);
   }
-  at::parallel_for(0, batch, kRowsPerTask, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch, grain_for(p.row_work()), [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       for (int64_t j = 0; j < batch; ++j) {
         const acc_t vv = normalized_map_inner(yy[b * batch + j], s.sum_y[b], s.sum_y[j],
@@ -311,7 +320,7 @@ acc_t row_logsumexp(const Cosines<acc_t>& cos, int64_t b, int64_t batch, acc_t t
 template <typename acc_t>
 acc_t mean_cross_entropy(const CgcProblem<acc_t>& p, const Cosines<acc_t>& cos) {
   std::vector<acc_t> row_loss(p.batch);
-  at::parallel_for(0, p.batch, kRowsPerTask, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.batch, grain_for(p.row_work()), [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       row_loss[b] = row_logsumexp(cos, b, p.batch, p.temperature) - cos.positive[b] / p.temperature;
     }
@@ -346,7 +355,7 @@ void cosine_gradients(const CgcProblem<acc_t>& p, const Cosines<acc_t>& cos, acc
   const int64_t batch = p.batch;
   const acc_t tau = p.temperature;
   const acc_t scale = grad / (static_cast<acc_t>(batch) * tau);
-  at::parallel_for(0, batch, kRowsPerTask, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch, grain_for(p.row_work()), [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const acc_t lse = row_logsumexp(cos, b, batch, tau);
       const acc_t* row = cos.negative.data() + b * batch;
@@ -369,7 +378,7 @@ Coefficients<acc_t> compute_coefficients(const CgcProblem<acc_t>& p, const Stati
   k.omega_scaled = at::empty({batch, batch}, options);
   acc_t* omega_scaled = k.omega_scaled.template mutable_data_ptr<acc_t>();
   const acc_t* yy = s.yy.template const_data_ptr<acc_t>();
-  at::parallel_for(0, batch, kRowsPerTask, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, batch, grain_for(p.row_work()), [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       const acc_t nu = cos.norm_u[b], nv = cos.norm_v[b];
       k.alpha[b] = d_positive[b] / (nu * nv);
@@ -404,7 +413,7 @@ void pull_back(const CgcProblem<acc_t>& p, const Statistics<acc_t>& s, const Coe
   const int64_t h = p.h, w = p.w;
   const acc_t* row_sums = p.rows.sums.data();
   const acc_t* col_sums = p.cols.sums.data();
-  at::parallel_for(0, p.batch, kSamplesPerTask, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, p.batch, grain_for(p.sample_work()), [&](int64_t begin, int64_t end) {
     SampleWorkspace<acc_t> ws(p);
     std::vector<acc_t> back_term(p.pixels());  // (R_hᵀA) c (BᵀR_w) = R_hᵀ X R_w
     for (int64_t b = begin; b < end; ++b) {
