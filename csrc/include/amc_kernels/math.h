@@ -185,4 +185,44 @@ AMC_HOST_DEVICE LinearTap<acc_t> linear_tap(int64_t dst, int64_t in_size, int64_
   return {i0, i1, acc_t(1) - w1, w1};
 }
 
+// Row `dst` of Resize_{len→out}·Select_{start..start+len}·Resize_{in→out}: the window
+// start..start+len of an axis already resized from in to out samples, resized again to out
+// samples; `mirrored` reverses the rows (a flip). Four (index, weight) terms over the `in` source
+// samples, indices possibly repeated. Resampling the identity basis this way makes the
+// per-axis matrices of a crop-and-resize exact (DESIGN §2.6).
+template <typename acc_t>
+struct CroppedTaps {
+  int64_t index[4];
+  acc_t weight[4];
+};
+
+template <typename acc_t>
+AMC_HOST_DEVICE CroppedTaps<acc_t> cropped_resize_taps(int64_t dst, int64_t start, int64_t len,
+                                                       bool mirrored, int64_t in_size,
+                                                       int64_t out_size) {
+  const LinearTap<acc_t> crop =
+      linear_tap<acc_t>(mirrored ? out_size - 1 - dst : dst, len, out_size);
+  const LinearTap<acc_t> lo = linear_tap<acc_t>(start + crop.i0, in_size, out_size);
+  const LinearTap<acc_t> hi = linear_tap<acc_t>(start + crop.i1, in_size, out_size);
+  return {{lo.i0, lo.i1, hi.i0, hi.i1},
+          {crop.w0 * lo.w0, crop.w0 * lo.w1, crop.w1 * hi.w0, crop.w1 * hi.w1}};
+}
+
+// ---- "sum"-normalised maps (CGC, DESIGN §2.4 and §2.6) -------------------------------------
+
+// The constant ε = 1e-8 of s = X / (ΣX + ε) + ε, rounded to acc_t as torch rounds its Python bound.
+template <typename acc_t>
+AMC_HOST_DEVICE acc_t map_eps() {
+  return static_cast<acc_t>(1e-8);
+}
+
+// ⟨X/σx + ε, Y/σy + ε⟩ over `count` pixels from ⟨X, Y⟩ and the sums ΣX, ΣY: the inner product
+// of two normalised maps without the maps.
+template <typename acc_t>
+AMC_HOST_DEVICE acc_t normalized_map_inner(acc_t xy, acc_t sum_x, acc_t sum_y, acc_t sigma_x,
+                                           acc_t sigma_y, acc_t count) {
+  const acc_t eps = map_eps<acc_t>();
+  return xy / (sigma_x * sigma_y) + eps * (sum_x / sigma_x + sum_y / sigma_y) + eps * eps * count;
+}
+
 }  // namespace amc_kernels
