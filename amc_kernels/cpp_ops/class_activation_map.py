@@ -46,8 +46,6 @@ def _backward(ctx: Any, grad: torch.Tensor) -> tuple:
     return grad_activations, grad_weight, None
 
 
-torch.library.register_autograd(
-    f"amc_kernels::{OP}_fwd", _backward, setup_context=_setup_context
-)
+torch.library.register_autograd(f"amc_kernels::{OP}_fwd", _backward, setup_context=_setup_context)
 forbid_double_backward(OP)
 register_compiled(OP, class_activation_map)

@@ -75,8 +75,6 @@ def _backward(ctx: Any, grad: torch.Tensor, _grad_raw: Any, _grad_alpha: Any) ->
     return grad_activations, grad_gradients, None, None, None, None
 
 
-torch.library.register_autograd(
-    "amc_kernels::gradcam_fwd", _backward, setup_context=_setup_context
-)
+torch.library.register_autograd("amc_kernels::gradcam_fwd", _backward, setup_context=_setup_context)
 forbid_double_backward(OP)
 register_compiled(OP, gradcam)
