@@ -81,12 +81,15 @@ TORCH_LIBRARY(amc_kernels, m) {
       "-> (Tensor, Tensor)");
 
   // gradcam (DESIGN §2.4). normalize: "none" | "max" | "minmax" | "sum"; output_size [] keeps H×W.
+  // The forward also returns what the backward would otherwise re-read A and G for: the raw
+  // map Σ_k α_k·A_k (or Σ_k G_k ⊙ A_k) before the ReLU, [B, H, W], and α = mean_hw G, [B, K]
+  // ([B, 0] for "elementwise"), both fp32 (fp64 for fp64 inputs).
   m.def(
       "gradcam_fwd(Tensor activations, Tensor gradients, str weighting, bool relu, str normalize, "
-      "int[] output_size) -> Tensor");
+      "int[] output_size) -> (Tensor, Tensor, Tensor)");
   m.def(
-      "gradcam_bwd(Tensor grad, Tensor activations, Tensor gradients, str weighting, bool relu, "
-      "str normalize, int[] output_size) -> (Tensor, Tensor)");
+      "gradcam_bwd(Tensor grad, Tensor activations, Tensor gradients, Tensor raw, Tensor alpha, "
+      "str weighting, bool relu, str normalize, int[] output_size) -> (Tensor, Tensor)");
 
   // class_activation_map (DESIGN §2.5).
   m.def("class_activation_map_fwd(Tensor activations, Tensor fc_weight, Tensor targets) -> Tensor");
