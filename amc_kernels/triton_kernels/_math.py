@@ -63,7 +63,8 @@ def precise_sqrt(x, FP64: tl.constexpr):
     """IEEE square root: tl.sqrt is the fast approximation in fp32."""
     if FP64:
         return tl.sqrt(x)
-    return tl.sqrt_rn(x)
+    else:
+        return tl.sqrt_rn(x)
 
 
 @triton.jit
@@ -71,7 +72,8 @@ def cosine_bound(FP64: tl.constexpr):
     """1 − δ as a tensor of the compute dtype: tl.minimum would round a Python float to fp32."""
     if FP64:
         return tl.full([], COS_BOUND_FP64, tl.float64)
-    return tl.full([], COS_BOUND_FP32, tl.float32)
+    else:
+        return tl.full([], COS_BOUND_FP32, tl.float32)
 
 
 @triton.jit
@@ -123,16 +125,10 @@ def clamped_arccos_grad(c, FP64: tl.constexpr, AT_BOUNDS: tl.constexpr):
     """dθ/dc: −1/√(1 − c²) inside the bounds, 0 outside; at the bounds as the running torch."""
     hi = cosine_bound(FP64)
     a = tl.abs(c)
-    if AT_BOUNDS:
-        inside = a <= hi
-    else:
-        inside = a < hi
+    inside = a <= hi if AT_BOUNDS else a < hi
     k = tl.minimum(a, hi)
     one_minus_square = 1.0 - k * k  # as torch.arccos's backward, to match the reference
-    if FP64:
-        slope = -1.0 / tl.sqrt(one_minus_square)
-    else:
-        slope = -tl.rsqrt(one_minus_square)
+    slope = -1.0 / tl.sqrt(one_minus_square) if FP64 else -tl.rsqrt(one_minus_square)
     return tl.where(inside, slope, 0.0)
 
 

@@ -75,21 +75,23 @@ class Tiles:
 def pairwise_tiles(dtype: torch.dtype, d: int, backward: bool = False) -> Tiles:
     """Tiles of a kernel that streams [BLOCK_M, BLOCK_N] tiles of a pairwise product over D.
 
-    The whole feature axis is one chunk up to D = 256 (the anchor tile then stays on chip);
-    larger D is streamed in 64-wide chunks. Tiny tiles under the interpreter, where each
-    program is slow Python. GPU sizes are set for H100/H200 (sm_90); fp64 keeps its broadcast
-    products small.
+    bf16/fp16 (the fast path, sized for H100/H200): the whole feature axis is one chunk up to
+    D = 256, so the row tile stays on chip; larger D streams 64-wide chunks. The backward keeps
+    a [BLOCK_M, BLOCK_D] fp32 accumulator besides the logit tile, hence narrower column tiles.
+    fp32 (IEEE products on CUDA cores) and fp64 (broadcast products) use small tiles that keep
+    their unrolled products in registers. Tiny tiles under the interpreter, where every program
+    is slow Python.
     """
     if interpreter_enabled():
         return Tiles(16, 16, 16, 1, 1)
     full = max(16, triton.next_power_of_2(max(d, 1)))
     if dtype == torch.float64:
         return Tiles(16, 16, 16, 4, 1)
-    block_d = full if full <= 256 else 64
     if dtype == torch.float32:
-        return Tiles(64, 32 if backward else 64, block_d, 4, 2)
+        return Tiles(32, 32, min(full, 32), 4, 2)
+    block_d = full if full <= 256 else 64
     if backward or block_d == 256:
-        return Tiles(128, 32 if block_d == 256 else 64, block_d, 8, 2)
+        return Tiles(128, 32, block_d, 8, 2)
     return Tiles(128, 64, block_d, 8, 3)
 
 
@@ -126,7 +128,7 @@ def mma(acc, a, b, KIND: tl.constexpr):
 @triton.jit
 def operand(x, KIND: tl.constexpr):
     """A loaded tile as an operand of flavour KIND: as stored (low/fp64), else fp32."""
-    if KIND == MMA_LOW or KIND == MMA_FP64:
+    if KIND == MMA_LOW or KIND == MMA_FP64:  # noqa: SIM109 (Triton compiles no `in`)
         return x
     else:
         return x.to(tl.float32)
@@ -214,10 +216,7 @@ def inv_norm_kernel(
     pid = tl.program_id(0).to(tl.int64)
     rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
     row_mask = rows < R
-    if FP64:
-        total = tl.zeros([BLOCK_M], dtype=tl.float64)
-    else:
-        total = tl.zeros([BLOCK_M], dtype=tl.float32)
+    total = tl.zeros([BLOCK_M], dtype=tl.float64 if FP64 else tl.float32)
     for d0 in range(0, D, BLOCK_D):
         x = load_rows(x_ptr, rows, row_mask, d0, D, stride_r, stride_d, BLOCK_D).to(total.dtype)
         total += tl.sum(x * x, axis=1)

@@ -65,7 +65,8 @@ def amc_all_fwd_kernel(
     BLOCK_D: tl.constexpr,
 ):
     # out_i = Σ_j ℓ_ij over j ≠ i (FULL_ROWS) or over j > i (the upper triangle), with
-    # ℓ_ij = S_ij·θ_ij² + (1 − S_ij)·max(0, m − θ_ij)², θ_ij = arccos(clamp(⟨x_i, x_j⟩·inv_i·inv_j)).
+    # ℓ_ij = S_ij·θ_ij² + (1 − S_ij)·max(0, m − θ_ij)², θ_ij = arccos(clamp(c_ij)) and
+    # c_ij = ⟨x_i, x_j⟩·inv_i·inv_j.
     # Grid: (cdiv(N, BLOCK_M),): a block of rows streaming BLOCK_N columns, from column 0
     # (FULL_ROWS) or from the row block's first row. Accumulation: fp32 (fp64 for fp64 inputs).
     pid = tl.program_id(0).to(tl.int64)
@@ -78,10 +79,7 @@ def amc_all_fwd_kernel(
     a_tile = 0
     if SINGLE:
         a_tile = load_rows(x_ptr, rows, row_mask, 0, D, stride_n, stride_d, BLOCK_D)
-    if FULL_ROWS:
-        start = 0
-    else:
-        start = pid * BLOCK_M
+    start = 0 if FULL_ROWS else pid * BLOCK_M
     for n0 in range(start, N, BLOCK_N):
         cols = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
         col_mask = cols < N
@@ -111,10 +109,7 @@ def amc_all_fwd_kernel(
         label_c = tl.load(labels_ptr + cols, mask=col_mask, other=0)
         theta = clamped_arccos(gram * inv_r[:, None] * inv_c[None, :], FP64)
         loss = amc_pair_loss(theta, label_r[:, None] == label_c[None, :], margin)
-        if FULL_ROWS:
-            keep = rows[:, None] != cols[None, :]
-        else:
-            keep = rows[:, None] < cols[None, :]
+        keep = rows[:, None] != cols[None, :] if FULL_ROWS else rows[:, None] < cols[None, :]
         keep = keep & col_mask[None, :]
         total += tl.sum(tl.where(keep, loss, 0.0), axis=1)
     tl.store(out_ptr + rows, total, mask=row_mask)
@@ -212,10 +207,7 @@ def halves_cosine(
     BLOCK_D: tl.constexpr,
 ):
     """c_k = ⟨x_k, x_p⟩·inv_k·inv_p for the rows k and their partners p, over D in chunks."""
-    if FP64:
-        dot = tl.zeros([BLOCK_M], dtype=tl.float64)
-    else:
-        dot = tl.zeros([BLOCK_M], dtype=tl.float32)
+    dot = tl.zeros([BLOCK_M], dtype=tl.float64 if FP64 else tl.float32)
     for d0 in range(0, D, BLOCK_D):
         a = load_rows(x_ptr, rows, mask, d0, D, stride_n, stride_d, BLOCK_D).to(dot.dtype)
         b = load_rows(x_ptr, partners, mask, d0, D, stride_n, stride_d, BLOCK_D).to(dot.dtype)
@@ -316,7 +308,7 @@ def amc_loss_fwd(
     features: torch.Tensor, labels: torch.Tensor, margin: float, pairs: str, reduction: str
 ) -> torch.Tensor:
     """The loss: a scalar, or the [⌊N/2⌋] pair / [N] per-anchor vector for "none"."""
-    x = features
+    x, labels = features, labels.contiguous()
     (n, d), dtype = x.shape, compute_dtype(x.dtype)
     inv = inv_norms(x)
     fp64 = x.dtype == torch.float64
@@ -390,7 +382,7 @@ def amc_loss_bwd(
     reduction: str,
 ) -> torch.Tensor:
     """∂L/∂features in the features' dtype."""
-    x = features
+    x, labels = features, labels.contiguous()
     (n, d), dtype = x.shape, compute_dtype(x.dtype)
     grad = grad.to(dtype)
     grad_hat = torch.zeros((n, d), dtype=dtype, device=x.device)

@@ -82,10 +82,7 @@ def angular_fwd_kernel(
     cols = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < N
     col_mask = cols < M
-    if FP64:
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float64)
-    else:
-        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float64 if FP64 else tl.float32)
     a_tile = 0
     b_tile = 0
     if SINGLE:
@@ -159,10 +156,7 @@ def angular_bwd_kernel(
     dims = d0 + tl.arange(0, BLOCK_D)
     row_mask = rows < P
     ip = tl.load(ip_ptr + rows, mask=row_mask, other=0.0)
-    if FP64:
-        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float64)
-    else:
-        acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float64 if FP64 else tl.float32)
     a_tile = 0
     if SINGLE:
         a_tile = load_rows(p_ptr, rows, row_mask, 0, D, stride_pn, stride_pd, BLOCK_D)
