@@ -247,12 +247,12 @@ def _contrast_rows(
 
 
 def _group_args(
-    features: torch.Tensor, labels: torch.Tensor | None
-) -> tuple[torch.Tensor | None, int, int]:
-    """(labels_ptr, N, VN) of the kernels; without labels the pointer is never read."""
+    features: torch.Tensor, labels: torch.Tensor | None, scale: torch.Tensor
+) -> tuple[torch.Tensor, int, int]:
+    """(labels_ptr, N, VN) of the kernels; without labels any tensor stands in, never read."""
     n = features.shape[0]
     views = features.shape[1] if features.dim() == 3 else 1
-    return (None if labels is None else labels.contiguous()), n, views * n
+    return (scale if labels is None else labels.contiguous()), n, views * n
 
 
 def _reduce(per_anchor: torch.Tensor, reduction: str) -> torch.Tensor:
@@ -286,7 +286,7 @@ def supcon_loss_fwd(
     stats = torch.zeros((3, a), dtype=dtype, device=z.device)
     if a == 0 or c <= 1:  # no anchor, or one alone with no denominator
         return _reduce(torch.zeros_like(stats[0]), reduction), stats
-    labels_ptr, n, vn = _group_args(features, labels)
+    labels_ptr, n, vn = _group_args(features, labels, scale)
     tiles = pairwise_tiles(z.dtype, d)
     kind, _ = mma_kinds(z.dtype)
     launch(
@@ -345,7 +345,7 @@ def supcon_loss_bwd(
         weights = _anchor_weights(grad.to(dtype), a, reduction)
         u = torch.where(positives > 0, weights / base_temperature, torch.zeros_like(positives))
         v = u / positives.clamp_min(1)
-        labels_ptr, n, vn = _group_args(features, labels)
+        labels_ptr, n, vn = _group_args(features, labels, scale)
         tiles = pairwise_tiles(z.dtype, d, backward=True)
         kind, grad_kind = mma_kinds(z.dtype)
         launch(
