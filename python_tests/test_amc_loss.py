@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 import amc_kernels
 from amc_kernels import BackendUnavailableError, functional
-from amc_kernels.testing import FLOOR, closed_form_cases, within_reference_error
+from amc_kernels.testing import FLOOR, closed_form_cases, compare_backend, within_reference_error
 
 DELTA = 1e-7
 SELF_ANGLE = math.acos(1 - DELTA)
@@ -744,3 +745,169 @@ def test_dispatcher_picks_cpp_for_cpu_tensors() -> None:
         assert _dispatch.select(call).backend == "cpp"
     x, labels = rand(6, 3, seed=6), longs([0, 1, 0, 1, 1, 0])
     assert torch.equal(amc_kernels.amc_loss(x, labels), cpp_amc(x, labels))
+
+
+# --- triton backend ---
+
+EXACT_DTYPES = [
+    pytest.param(torch.float32, id="float32"),
+    pytest.param(torch.float64, id="float64"),
+]
+TRITON_DTYPES = [
+    *EXACT_DTYPES,
+    *[
+        pytest.param(dt, id=str(dt).split(".")[-1], marks=pytest.mark.cuda)
+        for dt in (torch.float16, torch.bfloat16)
+    ],
+]
+PAIRS_REDUCTIONS = [(p, r) for p in ("all", "halves") for r in REDUCTIONS]
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def triton_device(request: pytest.FixtureRequest) -> torch.device:
+    """CPU under the Triton interpreter (the default without a GPU), or CUDA."""
+    pytest.importorskip("triton")
+    if request.param == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton runs on CPU tensors only under TRITON_INTERPRET=1")
+    return torch.device(request.param)
+
+
+def beyond_one_tile(device: torch.device) -> int:
+    """A batch larger than one row tile: 16 under the interpreter, 128 on GPUs."""
+    return 37 if device.type == "cpu" else 300
+
+
+def assert_triton_matches(features: torch.Tensor, labels: torch.Tensor, **kwargs: object) -> None:
+    """Value and gradient against the reference under the low-precision rule."""
+    ok, error, bound = compare_backend("amc_loss", "triton", (features, labels), kwargs)
+    assert ok, f"{kwargs}: error {error:.3g} above the bound {bound:.3g}"
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", TRITON_DTYPES)
+@pytest.mark.parametrize(("pairs", "reduction"), PAIRS_REDUCTIONS)
+def test_triton_matches_reference(
+    triton_device: torch.device, dtype: torch.dtype, pairs: str, reduction: str
+) -> None:
+    n = beyond_one_tile(triton_device)
+    x = rand(n, 16, seed=81, dtype=dtype).to(triton_device)
+    labels = rand_labels(n, 3, seed=81).to(triton_device)
+    assert_triton_matches(x, labels, margin=1.0, pairs=pairs, reduction=reduction)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", EXACT_DTYPES)
+def test_triton_small_and_odd_batches(triton_device: torch.device, dtype: torch.dtype) -> None:
+    for n in (0, 1, 2, 5):
+        x = rand(n, 6, seed=n, dtype=dtype).to(triton_device)
+        labels = rand_labels(n, 2, seed=n).to(triton_device)
+        for pairs, reduction in PAIRS_REDUCTIONS:
+            assert_triton_matches(x, labels, margin=2.0, pairs=pairs, reduction=reduction)
+
+
+@pytest.mark.triton
+def test_triton_streams_the_feature_axis_in_chunks(triton_device: torch.device) -> None:
+    d = 40 if triton_device.type == "cpu" else 300  # three chunks / chunked on GPUs
+    x = rand(11, d, seed=83).to(triton_device)
+    labels = rand_labels(11, 3, seed=83).to(triton_device)
+    for pairs, reduction in (("all", "mean"), ("all", "none"), ("halves", "none")):
+        assert_triton_matches(x, labels, margin=1.6, pairs=pairs, reduction=reduction)
+
+
+@pytest.mark.triton
+def test_triton_non_contiguous_inputs_and_label_dtypes(triton_device: torch.device) -> None:
+    x = rand(5, 18, seed=84).to(triton_device).T[::2]  # [9, 5], transposed and strided
+    labels = rand_labels(18, 3, seed=84).to(triton_device)[::2]
+    assert not (x.is_contiguous() or labels.is_contiguous())
+    for label_dtype in (torch.int64, torch.int32, torch.uint8):
+        for pairs in ("all", "halves"):
+            assert_triton_matches(x, labels.to(label_dtype), margin=1.2, pairs=pairs)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("kind", sorted(SPECIAL))
+def test_triton_special_vectors(triton_device: torch.device, kind: str) -> None:
+    rows, labels = SPECIAL[kind]
+    labels = longs(labels).to(triton_device)
+    x = torch.tensor(rows, dtype=torch.float64, device=triton_device)
+    for pairs, reduction in PAIRS_REDUCTIONS:
+        assert_triton_matches(x, labels, margin=2.0, pairs=pairs, reduction=reduction)
+    leaf = x.float().requires_grad_()
+    out = functional.amc_loss(leaf, labels, margin=2.0, backend="triton")
+    (grad,) = torch.autograd.grad(out, leaf)
+    assert bool(torch.isfinite(out)) and bool(torch.isfinite(grad).all())
+
+
+@pytest.mark.triton
+def test_triton_gradient_vanishes_for_clamped_pairs(triton_device: torch.device) -> None:
+    x = torch.tensor([[1.0, 2.0, -1.0], [1.0, 2.0, -1.0]], dtype=torch.float64)
+    x = x.to(triton_device).requires_grad_()
+    for labels in ([0, 0], [0, 1]):
+        for pairs in ("all", "halves"):
+            out = functional.amc_loss(
+                x, longs(labels).to(triton_device), margin=2.0, pairs=pairs, backend="triton"
+            )
+            (grad,) = torch.autograd.grad(out, x)
+            assert torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize(
+    ("pairs", "reduction"), [("all", "mean"), ("all", "none"), ("halves", "sum")]
+)
+def test_triton_gradcheck(triton_device: torch.device, pairs: str, reduction: str) -> None:
+    x = rand(6, 4, seed=71).to(triton_device).requires_grad_()
+    labels = longs([0, 1, 0, 0, 1, 1]).to(triton_device)
+    assert torch.autograd.gradcheck(
+        lambda f: functional.amc_loss(
+            f, labels, margin=2.0, pairs=pairs, reduction=reduction, backend="triton"
+        ),
+        (x,),
+        fast_mode=True,
+    )
+
+
+@pytest.mark.triton
+def test_triton_opcheck(triton_device: torch.device) -> None:
+    from amc_kernels.triton_kernels import amc_loss as ops
+
+    # Under the interpreter the fake-tensor checks would launch the interpreted kernel on fake
+    # tensors (it copies arguments to host memory), so CPU runs the schema and autograd checks.
+    utils = ("test_schema", "test_autograd_registration")
+    if triton_device.type == "cuda":
+        utils += ("test_faketensor", "test_aot_dispatch_dynamic")
+    x = rand(5, 4, seed=1).to(triton_device).requires_grad_()
+    labels = longs([0, 1, 0, 1, 1]).to(triton_device)
+    for pairs, reduction in (("all", "mean"), ("all", "none"), ("halves", "none")):
+        args = (x, labels, 1.0, pairs, reduction)
+        torch.library.opcheck(ops.amc_loss_fwd, args, test_utils=utils)
+        grad = torch.ones_like(ops.amc_loss_fwd(*args))
+        torch.library.opcheck(ops.amc_loss_bwd, (grad, x.detach(), *args[1:]), test_utils=utils)
+
+
+@pytest.mark.triton
+@pytest.mark.cuda
+@pytest.mark.parametrize("pairs", ["all", "halves"])
+def test_triton_torch_compile_fullgraph(pairs: str) -> None:
+    x = rand(50, 16, seed=1).float().cuda().requires_grad_()
+    labels = rand_labels(50, 4, seed=1).cuda()
+
+    @torch.compile(fullgraph=True)
+    def loss(f: torch.Tensor) -> torch.Tensor:
+        return amc_kernels.amc_loss(f, labels, margin=1.0, pairs=pairs, backend="triton")
+
+    got = loss(x)
+    (grad,) = torch.autograd.grad(got, x)
+    expected = amc(x.double(), labels, margin=1.0, pairs=pairs)
+    (expected_grad,) = torch.autograd.grad(expected, x)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.triton
+def test_triton_double_backward_raises(triton_device: torch.device) -> None:
+    x = rand(4, 3, seed=1).to(triton_device).requires_grad_()
+    out = functional.amc_loss(x, longs([0, 1, 0, 1]).to(triton_device), backend="triton")
+    (grad,) = torch.autograd.grad(out, x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"double backward.*amc_loss_triton_bwd"):
+        grad.sum().backward()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 import amc_kernels
 from amc_kernels import BackendUnavailableError, functional
-from amc_kernels.testing import FLOOR, closed_form_cases, within_reference_error
+from amc_kernels.testing import FLOOR, closed_form_cases, compare_backend, within_reference_error
 
 ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 DTYPE_IDS = [pytest.param(dt, id=str(dt).split(".")[-1]) for dt in ALL_DTYPES]
@@ -860,3 +861,242 @@ def test_dispatcher_picks_cpp_for_cpu_tensors() -> None:
         assert _dispatch.select(call).backend == "cpp"
     x, labels = rand(4, 2, 3, seed=6), longs([0, 1, 0, 1])
     assert torch.equal(amc_kernels.supcon_loss(x, labels), supcon_cpp(x, labels))
+
+
+# --- triton backend ---
+
+EXACT_DTYPES = [
+    pytest.param(torch.float32, id="float32"),
+    pytest.param(torch.float64, id="float64"),
+]
+TRITON_DTYPES = [
+    *EXACT_DTYPES,
+    *[
+        pytest.param(dt, id=str(dt).split(".")[-1], marks=pytest.mark.cuda)
+        for dt in (torch.float16, torch.bfloat16)
+    ],
+]
+# (views, contrast_mode, labels, negatives, normalize, reduction): every option in both states,
+# with views 1 ([N, D] features), 2 and 3.
+TRITON_GRID = [
+    (2, "all", True, True, True, "mean"),
+    (2, "one", False, True, False, "none"),
+    (1, "all", True, False, True, "sum"),
+    (3, "one", True, False, False, "mean"),
+    (2, "all", False, False, True, "none"),
+    (3, "all", False, True, False, "sum"),
+    (1, "one", True, True, True, "none"),
+]
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def triton_device(request: pytest.FixtureRequest) -> torch.device:
+    """CPU under the Triton interpreter (the default without a GPU), or CUDA."""
+    pytest.importorskip("triton")
+    if request.param == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton runs on CPU tensors only under TRITON_INTERPRET=1")
+    return torch.device(request.param)
+
+
+def assert_triton_matches(features, labels=None, **kwargs) -> None:
+    """Value and gradients (features and negatives) against the reference."""
+    ok, error, bound = compare_backend("supcon_loss", "triton", (features, labels), kwargs)
+    assert ok, f"{kwargs}: error {error:.3g} above the bound {bound:.3g}"
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", TRITON_DTYPES)
+@pytest.mark.parametrize(
+    ("views", "mode", "with_labels", "with_negatives", "normalize", "reduction"),
+    TRITON_GRID,
+    ids=[
+        f"V{v}-{m}-{'lab' if b else 'nolab'}-{'neg' if n else 'noneg'}-{'norm' if z else 'raw'}-{r}"
+        for v, m, b, n, z, r in TRITON_GRID
+    ],
+)
+def test_triton_matches_reference(
+    triton_device: torch.device,
+    dtype: torch.dtype,
+    views: int,
+    mode: str,
+    with_labels: bool,
+    with_negatives: bool,
+    normalize: bool,
+    reduction: str,
+) -> None:
+    # Beyond one tile of rows: 16 under the interpreter, 128 on GPUs.
+    n = 9 if triton_device.type == "cpu" else 150
+    shape = (n, 16) if views == 1 else (n, views, 16)
+    x = (rand(*shape, seed=views, dtype=torch.float64) * (1.0 if normalize else 0.3)).to(dtype)
+    labels = rand_labels(n, 3, seed=views).to(triton_device) if with_labels else None
+    negatives = rand(5, 16, seed=7, dtype=dtype).to(triton_device) if with_negatives else None
+    assert_triton_matches(
+        x.to(triton_device),
+        labels,
+        negatives=negatives,
+        temperature=0.2,
+        contrast_mode=mode,
+        normalize=normalize,
+        reduction=reduction,
+    )
+
+
+@pytest.mark.triton
+def test_triton_streams_the_feature_axis_in_chunks(triton_device: torch.device) -> None:
+    d = 40 if triton_device.type == "cpu" else 300  # three chunks / chunked on GPUs
+    x = rand(7, 2, d, seed=51).to(triton_device)
+    labels = rand_labels(7, 3, seed=51).to(triton_device)
+    assert_triton_matches(x, labels, negatives=rand(4, d, seed=52).to(triton_device))
+    assert_triton_matches(x, None, contrast_mode="one", reduction="none")
+
+
+@pytest.mark.triton
+def test_triton_anchors_without_positives_and_degenerate_batches(
+    triton_device: torch.device,
+) -> None:
+    def run(x, labels=None, **kwargs):
+        return functional.supcon_loss(x, labels, backend="triton", **kwargs)
+
+    dev = triton_device
+    # V = 1 and singleton labels: every anchor has no positive and contributes exactly 0.
+    x = f64([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dev)
+    assert torch.equal(
+        run(x, longs([0, 1, 2]).to(dev), reduction="none").cpu(), torch.zeros(3).double()
+    )
+    # One positive pair among four anchors (the closed form of the reference tests).
+    x = f64([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], dev)
+    got = run(
+        x, longs([0, 0, 1, 2]).to(dev), temperature=1.0, base_temperature=1.0, reduction="none"
+    )
+    pair = math.log(E + 1 + 1 / E) - 1
+    torch.testing.assert_close(got.cpu(), f64([pair, pair, 0.0, 0.0]), rtol=0, atol=1e-12)
+    # A single sample: no denominator (0), or a negative but still no positive (0).
+    one = f64([[0.3, -1.0, 2.0]], dev).requires_grad_()
+    for negatives in (None, f64([[0.0, 1.0, 0.0]], dev)):
+        out = run(one, negatives=negatives)
+        (grad,) = torch.autograd.grad(out, one)
+        assert out.item() == 0.0 and torch.equal(grad, torch.zeros_like(grad))
+    # An empty batch, with and without negatives.
+    empty = torch.zeros(0, 2, 4, device=dev, requires_grad=True)
+    for negatives in (None, torch.randn(3, 4, device=dev)):
+        out = run(empty, negatives=negatives)
+        (grad,) = torch.autograd.grad(out, empty)
+        assert out.item() == 0.0 and grad.shape == empty.shape
+        assert run(empty, negatives=negatives, reduction="none").shape == (0,)
+    # Everything one class: every other row is a positive.
+    x = rand(6, 2, 5, seed=53).to(dev)
+    assert_triton_matches(x, torch.zeros(6, dtype=torch.long, device=dev))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("kind", sorted(SPECIAL))
+def test_triton_special_vectors(triton_device: torch.device, kind: str) -> None:
+    x = torch.tensor(SPECIAL[kind], dtype=torch.float64, device=triton_device)
+    negatives = torch.tensor([[1.0, 2.0, -1.0]], dtype=torch.float64, device=triton_device)
+    for labels in (None, longs([0, 0]).to(triton_device)):
+        assert_triton_matches(x, labels, negatives=negatives)
+        leaf = x.float().requires_grad_()
+        out = functional.supcon_loss(leaf, labels, backend="triton")
+        (grad,) = torch.autograd.grad(out, leaf)
+        assert bool(torch.isfinite(out)) and bool(torch.isfinite(grad).all())
+
+
+@pytest.mark.triton
+def test_triton_non_contiguous_inputs_and_label_dtypes(triton_device: torch.device) -> None:
+    x = rand(2, 6, 5, seed=41).to(triton_device).transpose(0, 1)  # [6, 2, 5], view-major memory
+    negatives = rand(5, 6, seed=42).to(triton_device).T[::2]  # [3, 5]
+    labels = rand_labels(12, 3, seed=41).to(triton_device)[::2]
+    assert not (x.is_contiguous() or negatives.is_contiguous() or labels.is_contiguous())
+    for label_dtype in (torch.int64, torch.int32, torch.uint8):
+        assert_triton_matches(x, labels.to(label_dtype), negatives=negatives, reduction="none")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize(
+    ("with_labels", "mode", "normalize"), [(True, "all", True), (False, "one", False)]
+)
+def test_triton_gradcheck(
+    triton_device: torch.device, with_labels: bool, mode: str, normalize: bool
+) -> None:
+    x = rand(4, 2, 3, seed=21).to(triton_device).requires_grad_()
+    negatives = rand(2, 3, seed=22).to(triton_device).requires_grad_()
+    labels = longs([0, 1, 0, 0]).to(triton_device) if with_labels else None
+    assert torch.autograd.gradcheck(
+        lambda f, g: functional.supcon_loss(
+            f,
+            labels,
+            negatives=g,
+            temperature=0.5,
+            contrast_mode=mode,
+            normalize=normalize,
+            reduction="none",
+            backend="triton",
+        ),
+        (x, negatives),
+        fast_mode=True,
+    )
+
+
+@pytest.mark.triton
+def test_triton_opcheck(triton_device: torch.device) -> None:
+    from amc_kernels.triton_kernels import supcon_loss as ops
+
+    # Under the interpreter the fake-tensor checks would launch the interpreted kernel on fake
+    # tensors (it copies arguments to host memory), so CPU runs the schema and autograd checks.
+    utils = ("test_schema", "test_autograd_registration")
+    if triton_device.type == "cuda":
+        utils += ("test_faketensor", "test_aot_dispatch_dynamic")
+    x = rand(5, 2, 4, seed=1).to(triton_device).requires_grad_()
+    negatives = rand(3, 4, seed=2).to(triton_device).requires_grad_()
+    labels = longs([0, 1, 0, 1, 1]).to(triton_device)
+    for lab, neg in ((labels, negatives), (None, None)):
+        args = (x, lab, neg, 0.1, 0.07, "all", True, "mean")
+        torch.library.opcheck(ops.supcon_loss_fwd, args, test_utils=utils)
+        loss, stats = ops.supcon_loss_fwd(*args)
+        detached = None if neg is None else neg.detach()
+        bwd_args = (torch.ones_like(loss), x.detach(), lab, detached, stats, *args[3:])
+        torch.library.opcheck(ops.supcon_loss_bwd, bwd_args, test_utils=utils)
+
+
+@pytest.mark.triton
+@pytest.mark.cuda
+@pytest.mark.parametrize("with_labels", [True, False])
+def test_triton_torch_compile_fullgraph(with_labels: bool) -> None:
+    x = rand(64, 2, 32, seed=1).float().cuda().requires_grad_()
+    labels = rand_labels(64, 5, seed=1).cuda() if with_labels else None
+
+    @torch.compile(fullgraph=True)
+    def loss(f: torch.Tensor) -> torch.Tensor:
+        return amc_kernels.supcon_loss(f, labels, backend="triton")
+
+    got = loss(x)
+    (grad,) = torch.autograd.grad(got, x)
+    expected = supcon(x.double(), labels)
+    (expected_grad,) = torch.autograd.grad(expected, x)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.triton
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_triton_memory_is_linear_in_the_batch() -> None:
+    # 65536 view rows of D = 128 in bf16 (16 MB): the A × C logits alone would take 16 GB in
+    # fp32; the kernels need O(C·D) working memory (a few fp32 copies of Z).
+    x = torch.randn(32768, 2, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    labels = torch.randint(100, (32768,), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    functional.supcon_loss(x, labels, backend="triton").backward()
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - base < 512 * 2**20
+
+
+@pytest.mark.triton
+def test_triton_double_backward_raises(triton_device: torch.device) -> None:
+    x = rand(4, 2, 3, seed=1).to(triton_device).requires_grad_()
+    out = functional.supcon_loss(x, backend="triton")
+    (grad,) = torch.autograd.grad(out, x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"double backward.*supcon_loss_triton_bwd"):
+        grad.sum().backward()
