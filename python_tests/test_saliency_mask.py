@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import f64
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from torch.library import opcheck
 
@@ -763,6 +763,9 @@ def test_cpp_mask_compiles_fullgraph() -> None:
 def test_cpp_mask_property_matches_reference(
     shape: tuple, threshold: float, top_fraction: float, fp64: bool, seed: int
 ) -> None:
+    # A 1×1 saliency map is flat after resizing: the reference's min-max of it is round-off noise
+    # (F.interpolate's edge weights are one ulp off), which no exact kernel reproduces.
+    assume(shape[-2] * shape[-1] > 1)
     images, saliency = cpp_mask_inputs(
         shape, seed=seed, dtype=torch.float64 if fp64 else torch.float32
     )
