@@ -59,12 +59,17 @@ TORCH_LIBRARY(amc_kernels, m) {
   m.def("_selfcheck_row_logsumexp(Tensor x) -> Tensor");
 
   // angular_distance (DESIGN §2.1). y = None means y = x; grad_y is empty then.
+  // clamp_grad_at_bounds: whether the running torch's clamp passes the gradient at its bounds.
   m.def("angular_distance_fwd(Tensor x, Tensor? y) -> Tensor");
-  m.def("angular_distance_bwd(Tensor grad, Tensor x, Tensor? y) -> (Tensor, Tensor)");
+  m.def(
+      "angular_distance_bwd(Tensor grad, Tensor x, Tensor? y, bool clamp_grad_at_bounds) "
+      "-> (Tensor, Tensor)");
 
   // amc_loss (DESIGN §2.2). pairs: "all" | "halves"; reduction: "mean" | "sum" | "none".
   m.def("amc_loss_fwd(Tensor features, Tensor labels, float margin, str pairs, str reduction) -> Tensor");
-  m.def("amc_loss_bwd(Tensor grad, Tensor features, Tensor labels, float margin, str pairs, str reduction) -> Tensor");
+  m.def(
+      "amc_loss_bwd(Tensor grad, Tensor features, Tensor labels, float margin, str pairs, "
+      "str reduction, bool clamp_grad_at_bounds) -> Tensor");
 
   // supcon_loss (DESIGN §2.3). features [N, V, D]; returns (loss, per-anchor log-sum-exp [A]).
   m.def(
@@ -76,12 +81,15 @@ TORCH_LIBRARY(amc_kernels, m) {
       "-> (Tensor, Tensor)");
 
   // gradcam (DESIGN §2.4). normalize: "none" | "max" | "minmax" | "sum"; output_size [] keeps H×W.
+  // The forward also returns what the backward would otherwise re-read A and G for: the raw
+  // map Σ_k α_k·A_k (or Σ_k G_k ⊙ A_k) before the ReLU, [B, H, W], and α = mean_hw G, [B, K]
+  // ([B, 0] for "elementwise"), both fp32 (fp64 for fp64 inputs).
   m.def(
       "gradcam_fwd(Tensor activations, Tensor gradients, str weighting, bool relu, str normalize, "
-      "int[] output_size) -> Tensor");
+      "int[] output_size) -> (Tensor, Tensor, Tensor)");
   m.def(
-      "gradcam_bwd(Tensor grad, Tensor activations, Tensor gradients, str weighting, bool relu, "
-      "str normalize, int[] output_size) -> (Tensor, Tensor)");
+      "gradcam_bwd(Tensor grad, Tensor activations, Tensor gradients, Tensor raw, Tensor alpha, "
+      "str weighting, bool relu, str normalize, int[] output_size) -> (Tensor, Tensor)");
 
   // class_activation_map (DESIGN §2.5).
   m.def("class_activation_map_fwd(Tensor activations, Tensor fc_weight, Tensor targets) -> Tensor");

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -13,7 +14,7 @@ from hypothesis import strategies as st
 
 import amc_kernels
 from amc_kernels import BackendUnavailableError, functional
-from amc_kernels.testing import FLOOR, closed_form_cases, within_reference_error
+from amc_kernels.testing import FLOOR, closed_form_cases, compare_backend, within_reference_error
 
 DELTA = 1e-7
 SELF_ANGLE = math.acos(1 - DELTA)  # θ of identical vectors: the clamp stops at 1 − 1e-7
@@ -396,3 +397,499 @@ def test_cpp_backend_is_refused_with_candidates_or_matches_reference() -> None:
         assert "'cpp'" in str(error) and "reference: usable" in str(error)
     else:
         torch.testing.assert_close(got, angular(X), rtol=0, atol=1e-12)
+
+
+# --- cpp backend ---
+
+CPP_SHAPES = {
+    # (N, M, D): single rows, odd sizes, and more than one 128 × 512 tile in each direction
+    "1x1x1": (1, 1, 1),
+    "odd": (5, 7, 3),
+    "D=0": (3, 2, 0),
+    "multi-tile": (131, 517, 9),
+}
+
+
+def cpp_available() -> bool:
+    from amc_kernels import _extension
+
+    return _extension.available()
+
+
+needs_cpp = pytest.mark.skipif(not cpp_available(), reason="amc_kernels._C is not built")
+
+
+def cpp_angular(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+    return functional.angular_distance(x, y, backend="cpp")
+
+
+def assert_matches_reference(args: tuple) -> None:
+    from amc_kernels.testing import compare_backend
+
+    ok, error, bound = compare_backend("angular_distance", "cpp", args, {})
+    assert ok, f"cpp error {error:.3g} above the bound {bound:.3g}"
+
+
+@pytest.mark.cpp
+@needs_cpp
+@pytest.mark.parametrize("dtype", [pytest.param(dt, id=str(dt)[6:]) for dt in ALL_DTYPES])
+@pytest.mark.parametrize("shape", list(CPP_SHAPES.values()), ids=list(CPP_SHAPES))
+@pytest.mark.parametrize("with_y", [True, False], ids=["x-y", "y=None"])
+def test_cpp_matches_reference(dtype: torch.dtype, shape: tuple, with_y: bool) -> None:
+    n, m, d = shape
+    x = rand(n, d, seed=n + m, dtype=dtype)
+    args = (x, rand(m, d, seed=n * m + 1, dtype=dtype)) if with_y else (x,)
+    assert_matches_reference(args)
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_fp64_is_exact_to_rounding() -> None:
+    # x against y over several 128 × 512 tiles; x against itself over several symmetric tiles.
+    x, y = rand(131, 9, seed=1), rand(517, 9, seed=2)
+    for args in ((x, y), (rand(300, 9, seed=3),)):
+        leaves = [a.clone().requires_grad_() for a in args]
+        ref_leaves = [a.clone().requires_grad_() for a in args]
+        got, expected = cpp_angular(*leaves), angular(*ref_leaves)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+        weights = rand(*got.shape, seed=4)
+        grads = torch.autograd.grad((got * weights).sum(), leaves)
+        expected_grads = torch.autograd.grad((expected * weights).sum(), ref_leaves)
+        for g, e in zip(grads, expected_grads, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_fp32_arccos_within_two_ulp_over_the_whole_range() -> None:
+    # The kernel's vectorised arccos polynomial against torch.arccos on the same fp32 cosines,
+    # for angles spread over [0, π] (random features only reach the middle of the range).
+    angles = torch.linspace(0, math.pi, 20001, dtype=torch.float64)
+    y = torch.stack([angles.cos(), angles.sin()], dim=1).float()
+    x = torch.tensor([[1.0, 0.0]])
+    got, expected = cpp_angular(x, y), angular(x, y)
+    ulp = torch.nextafter(expected, torch.tensor(math.inf)) - expected
+    assert ((got - expected).abs() / ulp).max().item() <= 2
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_non_contiguous_inputs_and_gradient() -> None:
+    x = rand(12, 5, seed=41)[::2]  # strided rows, [6, 5]
+    y = rand(7, 8, seed=42).T[:, :5]  # transposed then sliced, [8, 5]
+    for a, b in ((x, y), (y, x)):
+        assert not a.is_contiguous() and not b.is_contiguous()
+        torch.testing.assert_close(cpp_angular(a, b), angular(a, b), rtol=0, atol=1e-14)
+        assert_matches_reference((a, b))
+        assert_matches_reference((a,))
+    # An expanded (stride 0) upstream gradient, as out.sum() gives.
+    leaf = y.clone().requires_grad_()
+    (grad,) = torch.autograd.grad(cpp_angular(leaf).sum(), leaf)
+    ref_leaf = y.clone().requires_grad_()
+    (expected,) = torch.autograd.grad(angular(ref_leaf).sum(), ref_leaf)
+    torch.testing.assert_close(grad, expected, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.cpp
+@needs_cpp
+@pytest.mark.parametrize("dtype", [pytest.param(dt, id=str(dt)[6:]) for dt in ALL_DTYPES])
+@pytest.mark.parametrize("kind", sorted(SPECIAL))
+def test_cpp_special_vectors(kind: str, dtype: torch.dtype) -> None:
+    xs, ys = SPECIAL[kind]
+    x = torch.tensor(xs, dtype=dtype)
+    y = None if ys is None else torch.tensor(ys, dtype=dtype)
+    if kind == "zero" and dtype == torch.float16:
+        # The gradient of a zero row is 1e12-scaled, above the fp16 maximum: inf in both.
+        leaf = x.clone().requires_grad_()
+        (grad,) = torch.autograd.grad(cpp_angular(leaf, y).sum(), leaf)
+        assert bool(torch.isinf(grad[0]).any()) and bool(torch.isfinite(grad[1]).all())
+        return
+    for args in ((x,) if y is None else (x, y), (x,)):
+        assert_matches_reference(args)
+
+
+def clamp_bound_pair(dtype: torch.dtype, sign: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """x, y with ⟨x̂, ŷ⟩ = sign·(1 − δ) exactly in `dtype`: θ sits on the clamp bound."""
+    bound = torch.tensor(1 - DELTA, dtype=dtype)
+    y = torch.stack([sign * bound, torch.sqrt(1 - bound * bound)])[None]
+    x = torch.tensor([[2.0, 0.0]], dtype=dtype)
+    cosine = functional.angular_distance(x, y, backend="reference").cos()
+    assert (x / 2 @ y.T).item() == sign * bound.item()  # exact: ‖y‖ rounds to 1
+    assert cosine.item() == pytest.approx(sign * bound.item(), abs=1e-6)
+    return x, y
+
+
+@pytest.mark.cpp
+@needs_cpp
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["at 1-δ", "at -1+δ"])
+def test_cpp_gradient_at_the_clamp_bound_follows_torch_clamp(
+    dtype: torch.dtype, sign: float
+) -> None:
+    from amc_kernels.cpp_ops._clamp_convention import CLAMP_GRAD_AT_BOUNDS
+
+    x, y = clamp_bound_pair(dtype, sign)
+    grads = {}
+    for backend in ("cpp", "reference"):
+        xa, ya = x.clone().requires_grad_(), y.clone().requires_grad_()
+        out = functional.angular_distance(xa, ya, backend=backend)
+        grads[backend] = torch.autograd.grad(out.sum(), (xa, ya))
+    for got, expected in zip(grads["cpp"], grads["reference"], strict=True):
+        torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-7)
+    # Both conventions, directly: the tangential gradient is ~1 with it and 0 without it.
+    grad = torch.ones(1, 1, dtype=dtype)
+    passing, _ = torch.ops.amc_kernels.angular_distance_bwd(grad, x, y, True)
+    blocked, _ = torch.ops.amc_kernels.angular_distance_bwd(grad, x, y, False)
+    assert passing[0, 1].abs().item() > 0.1
+    assert torch.equal(blocked, torch.zeros_like(blocked))
+    assert torch.equal(grads["cpp"][0], passing if CLAMP_GRAD_AT_BOUNDS else blocked)
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_empty_batches() -> None:
+    x = torch.zeros(0, 3, dtype=torch.float64)
+    y = torch.ones(4, 3, dtype=torch.float64)
+    assert cpp_angular(x).shape == (0, 0)
+    assert cpp_angular(x, y).shape == (0, 4)
+    assert cpp_angular(y, x).shape == (4, 0)
+    leaves = y.clone().requires_grad_(), x.clone().requires_grad_()
+    grads = torch.autograd.grad(cpp_angular(*leaves).sum(), leaves)
+    assert torch.equal(grads[0], torch.zeros(4, 3, dtype=torch.float64))
+    assert grads[1].shape == (0, 3)
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_gradcheck() -> None:
+    x = rand(3, 4, seed=11).requires_grad_()
+    y = rand(5, 4, seed=12).requires_grad_()
+    assert torch.autograd.gradcheck(lambda a, b: cpp_angular(a, b), (x, y))
+    off = ~torch.eye(3, dtype=torch.bool)
+    assert torch.autograd.gradcheck(lambda a: cpp_angular(a)[off], (x,))
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_opcheck() -> None:
+    from torch.library import opcheck
+
+    x = rand(6, 5, seed=1, dtype=torch.float32).requires_grad_()
+    y = rand(4, 5, seed=2, dtype=torch.float32).requires_grad_()
+    fwd, bwd = (
+        torch.ops.amc_kernels.angular_distance_fwd,
+        torch.ops.amc_kernels.angular_distance_bwd,
+    )
+    opcheck(fwd.default, (x, y))
+    opcheck(fwd.default, (x, None))
+    grad = torch.randn(6, 4)
+    opcheck(bwd.default, (grad, x.detach(), y.detach(), True))
+    opcheck(bwd.default, (torch.randn(6, 6), x.detach(), None, False))
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_under_torch_compile() -> None:
+    x = rand(6, 5, seed=1, dtype=torch.float32)
+    y = rand(4, 5, seed=2, dtype=torch.float32)
+
+    def loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return (amc_kernels.angular_distance(a, b, backend="cpp") ** 2).sum()
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    xa, ya = x.clone().requires_grad_(), y.clone().requires_grad_()
+    xb, yb = x.clone().requires_grad_(), y.clone().requires_grad_()
+    got, expected = compiled(xa, ya), loss(xb, yb)
+    torch.testing.assert_close(got, expected)
+    for g, e in zip(
+        torch.autograd.grad(got, (xa, ya)), torch.autograd.grad(expected, (xb, yb)), strict=True
+    ):
+        torch.testing.assert_close(g, e)
+
+
+@pytest.mark.cpp
+@needs_cpp
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(0, 9),
+    m=st.integers(0, 9),
+    d=st.integers(1, 6),
+    seed=st.integers(0, 2**16),
+    with_y=st.booleans(),
+)
+def test_cpp_property_matches_reference(n: int, m: int, d: int, seed: int, with_y: bool) -> None:
+    x = rand(n, d, seed=seed)
+    args = (x, rand(m, d, seed=seed + 1)) if with_y else (x,)
+    leaves = [a.clone().requires_grad_() for a in args]
+    got = cpp_angular(*leaves)
+    expected = angular(*args)
+    torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+    if got.numel():
+        weights = rand(*got.shape, seed=seed + 2)
+        ref_leaves = [a.clone().requires_grad_() for a in args]
+        grads = torch.autograd.grad((got * weights).sum(), leaves)
+        ref_grads = torch.autograd.grad((angular(*ref_leaves) * weights).sum(), ref_leaves)
+        for g, e in zip(grads, ref_grads, strict=True):
+            torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_double_backward_raises() -> None:
+    x = rand(4, 3, seed=5).requires_grad_()
+    (grad,) = torch.autograd.grad(cpp_angular(x)[0, 1], x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        grad.sum().backward()
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_dispatcher_picks_cpp_for_cpu_tensors() -> None:
+    from amc_kernels import _dispatch
+
+    for dtype in ALL_DTYPES:
+        call = _dispatch.Call("angular_distance", torch.device("cpu"), dtype, ((4, 3),))
+        assert _dispatch.select(call).backend == "cpp"
+    x = rand(4, 3, seed=6)
+    assert torch.equal(amc_kernels.angular_distance(x), cpp_angular(x))
+
+
+# --- triton backend ---
+
+try:  # the interpreter is on by now (conftest) where there is no GPU
+    import triton
+    import triton.language as tl
+
+    from amc_kernels.triton_kernels import _math
+except ImportError:  # the tests below skip without triton
+    triton = None
+else:
+
+    @triton.jit
+    def _arccos_probe_kernel(
+        c_ptr, theta_ptr, grad_ptr, n, FP64: tl.constexpr, BLOCK: tl.constexpr
+    ):
+        offsets = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
+        mask = offsets < n
+        c = tl.load(c_ptr + offsets, mask=mask)
+        tl.store(theta_ptr + offsets, _math.clamped_arccos(c, FP64), mask=mask)
+        tl.store(grad_ptr + offsets, _math.clamped_arccos_grad(c, FP64, False), mask=mask)
+
+
+LOW_PRECISION_CUDA = [
+    pytest.param(dt, id=str(dt).split(".")[-1], marks=pytest.mark.cuda) for dt in LOW_PRECISION
+]
+EXACT_DTYPES = [
+    pytest.param(torch.float32, id="float32"),
+    pytest.param(torch.float64, id="float64"),
+]
+TRITON_DTYPES = [*EXACT_DTYPES, *LOW_PRECISION_CUDA]
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def triton_device(request: pytest.FixtureRequest) -> torch.device:
+    """CPU under the Triton interpreter (the default without a GPU), or CUDA."""
+    pytest.importorskip("triton")
+    if request.param == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton runs on CPU tensors only under TRITON_INTERPRET=1")
+    return torch.device(request.param)
+
+
+def beyond_one_tile(device: torch.device) -> int:
+    """A batch larger than one row tile: 16 under the interpreter, 128 on GPUs."""
+    return 37 if device.type == "cpu" else 300
+
+
+def assert_triton_matches(x: torch.Tensor, y: torch.Tensor | None) -> None:
+    """Value and gradients against the reference under the low-precision rule."""
+    ok, error, bound = compare_backend("angular_distance", "triton", (x, y), {})
+    assert ok, f"error {error:.3g} above the bound {bound:.3g}"
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", TRITON_DTYPES)
+@pytest.mark.parametrize("with_y", [True, False], ids=["x_y", "y_none"])
+@pytest.mark.parametrize("size", ["one", "odd", "beyond_tile"])
+def test_triton_matches_reference(
+    triton_device: torch.device, dtype: torch.dtype, with_y: bool, size: str
+) -> None:
+    n = {"one": 1, "odd": 5, "beyond_tile": beyond_one_tile(triton_device)}[size]
+    x = rand(n, 16, seed=1, dtype=dtype).to(triton_device)
+    y = rand(n + 3, 16, seed=2, dtype=dtype).to(triton_device) if with_y else None
+    assert_triton_matches(x, y)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", EXACT_DTYPES)
+def test_triton_streams_the_feature_axis_in_chunks(
+    triton_device: torch.device, dtype: torch.dtype
+) -> None:
+    # D = 40 spans three 16-wide chunks under the interpreter; D = 300 is chunked on GPUs.
+    d = 40 if triton_device.type == "cpu" else 300
+    x = rand(9, d, seed=3, dtype=dtype).to(triton_device)
+    assert_triton_matches(x, rand(6, d, seed=4, dtype=dtype).to(triton_device))
+    assert_triton_matches(x, None)
+
+
+@pytest.mark.triton
+def test_triton_non_contiguous_inputs(triton_device: torch.device) -> None:
+    x = rand(12, 5, seed=41).to(triton_device)[::2]  # strided rows
+    y = rand(7, 8, seed=42).to(triton_device).T[:, :5]  # transposed, then sliced
+    assert not x.is_contiguous() and not y.is_contiguous()
+    assert_triton_matches(x, y)
+    assert_triton_matches(y, None)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("kind", sorted(SPECIAL))
+def test_triton_special_vectors(triton_device: torch.device, kind: str) -> None:
+    xs, ys = SPECIAL[kind]
+    x = torch.tensor(xs, dtype=torch.float64, device=triton_device)
+    y = None if ys is None else torch.tensor(ys, dtype=torch.float64, device=triton_device)
+    assert_triton_matches(x, y)
+    assert_triton_matches(x, None)
+    for dtype in (torch.float32, torch.float64):
+        leaf = x.to(dtype).requires_grad_()
+        out = functional.angular_distance(leaf, backend="triton")
+        (grad,) = torch.autograd.grad(out.sum(), leaf)
+        assert bool(torch.isfinite(out).all()) and bool(torch.isfinite(grad).all())
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", EXACT_DTYPES)
+def test_triton_diagonal_is_exact_and_carries_no_gradient(
+    triton_device: torch.device, dtype: torch.dtype
+) -> None:
+    # ⟨x̂_i, x̂_i⟩ = 1 exactly (min(1, ‖x‖²/eps²)), so θ_ii is the clamp angle of the dtype and
+    # its gradient is 0, whatever rounding would give; a zero row stays at π/2.
+    x = torch.cat([rand(20, 7, seed=5, dtype=dtype), torch.zeros(1, 7, dtype=dtype)])
+    leaf = x.to(triton_device).requires_grad_()
+    theta = functional.angular_distance(leaf, backend="triton")
+    clamp_angle = torch.arccos(torch.tensor(1 - DELTA, dtype=dtype)).item()
+    expected = torch.tensor([clamp_angle] * 20 + [math.pi / 2], dtype=dtype)
+    torch.testing.assert_close(theta.diagonal().cpu(), expected, rtol=0, atol=1e-7)
+    (grad,) = torch.autograd.grad(theta.diagonal()[:20].sum(), leaf)
+    assert torch.equal(grad, torch.zeros_like(grad))
+
+
+@pytest.mark.triton
+def test_triton_gradcheck(triton_device: torch.device) -> None:
+    x = rand(3, 4, seed=11).to(triton_device).requires_grad_()
+    y = rand(5, 4, seed=12).to(triton_device).requires_grad_()
+    assert torch.autograd.gradcheck(
+        lambda a, b: functional.angular_distance(a, b, backend="triton"), (x, y), fast_mode=True
+    )
+    off = ~torch.eye(3, dtype=torch.bool, device=triton_device)
+    assert torch.autograd.gradcheck(
+        lambda a: functional.angular_distance(a, backend="triton")[off], (x,), fast_mode=True
+    )
+
+
+@pytest.mark.triton
+def test_triton_empty_batches_and_empty_features(triton_device: torch.device) -> None:
+    x = torch.zeros(0, 3, dtype=torch.float64, device=triton_device, requires_grad=True)
+    y = torch.ones(4, 3, dtype=torch.float64, device=triton_device, requires_grad=True)
+    assert functional.angular_distance(x, backend="triton").shape == (0, 0)
+    out = functional.angular_distance(x, y, backend="triton")
+    assert out.shape == (0, 4)
+    grads = torch.autograd.grad(out.sum(), (x, y))
+    assert grads[0].shape == (0, 3) and torch.equal(grads[1], torch.zeros_like(y))
+    # D = 0: every x̂ is the zero vector, so every angle is π/2.
+    empty = torch.zeros(2, 0, device=triton_device)
+    torch.testing.assert_close(
+        functional.angular_distance(empty, backend="triton").cpu(), torch.full((2, 2), math.pi / 2)
+    )
+
+
+def _arccos_probe(c: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The shared Triton clamped arccos and its gradient, elementwise on c."""
+    theta, grad = torch.empty_like(c), torch.empty_like(c)
+    block = 1 << 16 if c.device.type == "cpu" else 1024  # few interpreted programs; GPU-sized
+    grid = (triton.cdiv(c.numel(), block),)
+    _arccos_probe_kernel[grid](
+        c, theta, grad, c.numel(), FP64=c.dtype == torch.float64, BLOCK=block
+    )
+    return theta, grad
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize(
+    ("dtype", "max_abs", "max_ulps"),
+    [(torch.float32, 3.6e-7, 1.5), (torch.float64, 1e-15, 2.5)],
+    ids=["float32", "float64"],
+)
+def test_triton_arccos_accuracy(
+    triton_device: torch.device, dtype: torch.dtype, max_abs: float, max_ulps: float
+) -> None:
+    # Against torch.arccos in fp64 of the same cosine, on a dense grid over [−1+δ, 1−δ] and
+    # points near ±1. Measured under the interpreter (amc_kernels.triton_kernels._math):
+    # fp32 3.0e-7 rad and 1.26 ulp, fp64 8.9e-16 rad and 2 ulp; the bounds leave room for the
+    # fused multiply-adds of GPU code.
+    grid = torch.linspace(-1 + DELTA, 1 - DELTA, 1_000_001, dtype=torch.float64)
+    gen = torch.Generator().manual_seed(0)
+    near = 1 - torch.rand(50_000, generator=gen, dtype=torch.float64) * 1e-3
+    bound = torch.tensor(1 - DELTA, dtype=dtype)
+    c = torch.cat([grid, near, -near]).to(dtype).clamp(-bound, bound).to(triton_device)
+    theta, grad = _arccos_probe(c)
+    exact = torch.arccos(c.double())
+    error = (theta.double() - exact).abs()
+    ulp = torch.nextafter(theta, torch.full_like(theta, 4.0)).double() - theta.double()
+    assert error.max().item() <= max_abs
+    assert (error / ulp).max().item() <= max_ulps
+    # The gradient inside the bounds is torch.arccos's −1/√(1 − c²), in the same dtype.
+    inside = c.abs() < bound.to(triton_device)
+    expected = -1 / torch.sqrt(1 - c[inside] * c[inside])
+    torch.testing.assert_close(grad[inside], expected, rtol=4 * torch.finfo(dtype).eps, atol=0)
+    assert torch.equal(grad[~inside], torch.zeros_like(grad[~inside]))
+
+
+def _triton_ops():
+    from amc_kernels.triton_kernels import angular_distance as ops
+
+    return ops
+
+
+@pytest.mark.triton
+def test_triton_opcheck(triton_device: torch.device) -> None:
+    ops = _triton_ops()
+    # Under the interpreter the fake-tensor checks would launch the interpreted kernel on fake
+    # tensors (it copies arguments to host memory), so CPU runs the schema and autograd checks.
+    utils = ("test_schema", "test_autograd_registration")
+    if triton_device.type == "cuda":
+        utils += ("test_faketensor", "test_aot_dispatch_dynamic")
+    x = rand(5, 4, seed=1).to(triton_device).requires_grad_()
+    y = rand(3, 4, seed=2).to(triton_device).requires_grad_()
+    for other in (y, None):
+        torch.library.opcheck(ops.angular_distance_fwd, (x, other), test_utils=utils)
+    grad = rand(5, 3, seed=3).to(triton_device)
+    torch.library.opcheck(
+        ops.angular_distance_bwd, (grad, x.detach(), y.detach()), test_utils=utils
+    )
+
+
+@pytest.mark.triton
+@pytest.mark.cuda
+def test_triton_torch_compile_fullgraph() -> None:
+    x = rand(40, 16, seed=1).float().cuda().requires_grad_()
+    y = rand(30, 16, seed=2).float().cuda().requires_grad_()
+
+    @torch.compile(fullgraph=True)
+    def total(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return amc_kernels.angular_distance(a, b, backend="triton").sum()
+
+    got = total(x, y)
+    grads = torch.autograd.grad(got, (x, y))
+    expected = angular(x.double(), y.double()).sum()
+    expected_grads = torch.autograd.grad(expected, (x, y))
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-4)
+    for g, e in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(g.double(), e, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.triton
+def test_triton_double_backward_raises(triton_device: torch.device) -> None:
+    x = rand(4, 3, seed=1).to(triton_device).requires_grad_()
+    out = functional.angular_distance(x, backend="triton")
+    (grad,) = torch.autograd.grad(out.sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"double backward.*angular_distance_triton_bwd"):
+        grad.sum().backward()

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import os
 
 import numpy as np
 import pytest
@@ -14,7 +15,7 @@ from hypothesis import strategies as st
 
 import amc_kernels
 from amc_kernels import BackendUnavailableError, functional
-from amc_kernels.testing import FLOOR, closed_form_cases, within_reference_error
+from amc_kernels.testing import FLOOR, closed_form_cases, compare_backend, within_reference_error
 
 ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 DTYPE_IDS = [pytest.param(dt, id=str(dt).split(".")[-1]) for dt in ALL_DTYPES]
@@ -550,3 +551,552 @@ def test_cpp_backend_is_refused_with_candidates_or_matches_reference() -> None:
             assert "'cpp'" in str(error) and "reference: usable" in str(error)
         else:
             torch.testing.assert_close(got, supcon(FEATURES, labels, negatives=NEGATIVES))
+
+
+# --- cpp backend ---
+
+
+def cpp_available() -> bool:
+    from amc_kernels import _extension
+
+    return _extension.available()
+
+
+needs_cpp = pytest.mark.skipif(not cpp_available(), reason="amc_kernels._C is not built")
+
+
+def supcon_cpp(features: torch.Tensor, labels: torch.Tensor | None = None, **kwargs):
+    return functional.supcon_loss(features, labels, backend="cpp", **kwargs)
+
+
+def run_with_grads(backend: str, features, labels, negatives, **kwargs) -> list[torch.Tensor]:
+    """[loss, dL/dfeatures, dL/dnegatives?] of a fixed projection of the loss."""
+    x = features.detach().clone().requires_grad_()
+    leaves = [x]
+    neg = None
+    if negatives is not None:
+        neg = negatives.detach().clone().requires_grad_()
+        leaves.append(neg)
+    out = functional.supcon_loss(x, labels, negatives=neg, backend=backend, **kwargs)
+    weights = torch.linspace(-1.0, 1.0, out.numel(), dtype=out.dtype).reshape(out.shape)
+    grads = torch.autograd.grad(
+        (out * weights).sum(), leaves, allow_unused=True, materialize_grads=True
+    )
+    assert all(g.dtype == features.dtype for g in grads)
+    return [out.detach(), *grads]
+
+
+def assert_cpp_matches_reference(features, labels=None, negatives=None, **kwargs) -> None:
+    """Value and gradients under the low-precision rule of DESIGN §7."""
+    got = run_with_grads("cpp", features, labels, negatives, **kwargs)
+    same = run_with_grads("reference", features, labels, negatives, **kwargs)
+    exact = run_with_grads(
+        "reference",
+        features.double(),
+        labels,
+        None if negatives is None else negatives.double(),
+        **kwargs,
+    )
+    names = ("loss", "grad features", "grad negatives")[: len(got)]
+    for name, g, s, e in zip(names, got, same, exact, strict=True):
+        assert g.shape == e.shape and g.dtype == s.dtype, (name, g.shape, e.shape)
+        ok, error, bound = within_reference_error(g, s, e, FLOOR[features.dtype])
+        assert ok, f"{name}: cpp error {error:.3g} above the bound {bound:.3g}"
+
+
+CPP_SHAPES = {
+    # (N, V, D, M). Problems with A·C·D ≥ 2^20 run in parallel tiles of 32 to 256 rows (A/4 on
+    # two threads): 150 × 3 rows span several tiles, the last one partial, in both contrast
+    # modes; smaller problems run in one tile.
+    "single": (1, 1, 3, 0),
+    "odd": (7, 3, 5, 3),
+    "one view": (9, 1, 4, 2),
+    "multi-tile": (150, 3, 16, 37),
+}
+CPP_CASES = [
+    pytest.param(mode, labeled, id=f"{mode}-{'labels' if labeled else 'simclr'}")
+    for mode in ("all", "one")
+    for labeled in (True, False)
+]
+
+
+@pytest.mark.cpp
+@needs_cpp
+@pytest.mark.parametrize("dtype", DTYPE_IDS)
+@pytest.mark.parametrize("shape", list(CPP_SHAPES.values()), ids=list(CPP_SHAPES))
+@pytest.mark.parametrize(("mode", "labeled"), CPP_CASES)
+def test_cpp_matches_reference(dtype: torch.dtype, shape: tuple, mode: str, labeled: bool) -> None:
+    n, views, d, m = shape
+    x = rand(n, views, d, seed=n + d, dtype=dtype)
+    labels = rand_labels(n, 4, seed=n) if labeled else None
+    negatives = rand(m, d, seed=m + 1, dtype=dtype) if m else None
+    # "none" weighs each anchor differently; mean and sum only rescale the upstream gradient
+    for reduction in REDUCTIONS if n < 50 else ("none",):
+        assert_cpp_matches_reference(
+            x, labels, negatives, contrast_mode=mode, reduction=reduction, temperature=0.2
+        )
+
+
+@pytest.mark.cpp
+@needs_cpp
+@pytest.mark.parametrize(("mode", "normalize"), [("all", True), ("one", False)])
+def test_cpp_fp64_is_exact_to_rounding(mode: str, normalize: bool) -> None:
+    # Several parallel tiles; unnormalised rows of norm ~1 keep the logits in a sane range.
+    scale = 1.0 if normalize else 0.25
+    x, labels = rand(150, 3, 16, seed=3) * scale, rand_labels(150, 5, seed=3)
+    negatives = rand(37, 16) * scale
+    kwargs = {"contrast_mode": mode, "normalize": normalize, "reduction": "none"}
+    got = run_with_grads("cpp", x, labels, negatives, **kwargs)
+    expected = run_with_grads("reference", x, labels, negatives, **kwargs)
+    for g, e in zip(got, expected, strict=True):
+        torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12 * e.abs().max().item())
+
+
+@pytest.mark.cpp
+@needs_cpp
+@pytest.mark.parametrize("n", [60, 150], ids=["one tile", "multi-tile"])
+def test_cpp_float32_large_logits_are_consistent(n: int) -> None:
+    # Unnormalised rows of norm ~120 at T = 0.1: logits ~1e5, where one fp32 ulp of a logit moves
+    # its softmax by ~1%. Each pair's logit must be one value in the forward and the backward,
+    # also inside diagonal tiles, for the gradient to stay within the reference's error.
+    x, labels = rand(n, 2, 16, seed=n) * 30, rand_labels(n, 5, seed=n)
+    assert_cpp_matches_reference(
+        x.float(), labels, normalize=False, temperature=0.1, reduction="none"
+    )
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_labels_are_any_integers() -> None:
+    x = rand(8, 2, 4, seed=5)
+    raw = longs([10**12, -3, 7, -3, 10**12, 7, 7, 0])
+    dense = longs([3, 0, 2, 0, 3, 2, 2, 1])
+    expected = supcon(x, dense, reduction="none")
+    for labels in (raw, raw.int() % 1000, (dense * 60).to(torch.uint8), dense.to(torch.int16)):
+        got = functional.supcon_loss(x, labels, reduction="none", backend="cpp")
+        torch.testing.assert_close(got, expected, rtol=1e-13, atol=1e-13)
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_non_contiguous_inputs() -> None:
+    x = rand(2, 6, 5, seed=41).transpose(0, 1)  # [6, 2, 5] from a view-major layout
+    negatives = rand(5, 6, seed=42).T[::2]  # [3, 5], transposed and strided
+    labels = rand_labels(12, 3, seed=41)[::2]
+    flat = rand(5, 12, seed=43)[:, ::2].T  # [6, 5] for V = 1
+    assert not (x.is_contiguous() or negatives.is_contiguous() or labels.is_contiguous())
+    for feats in (x, flat):
+        for reduction in REDUCTIONS:
+            got = run_with_grads("cpp", feats, labels, negatives, reduction=reduction)
+            expected = run_with_grads("reference", feats, labels, negatives, reduction=reduction)
+            for g, e in zip(got, expected, strict=True):
+                torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.cpp
+@needs_cpp
+@pytest.mark.parametrize("dtype", DTYPE_IDS)
+@pytest.mark.parametrize("kind", sorted(SPECIAL))
+def test_cpp_special_vectors(kind: str, dtype: torch.dtype) -> None:
+    x = torch.tensor(SPECIAL[kind], dtype=dtype)
+    negatives = torch.tensor([[1.0, 2.0, -1.0], [-1.0, -2.0, 1.0]], dtype=dtype)
+    for labels in (None, longs([0, 0])):
+        if kind == "zero" and dtype == torch.float16:
+            # d(x / max(‖x‖, 1e-12))/dx = 1e12 at x = 0, above the fp16 maximum: inf in both.
+            (grad,) = run_with_grads("cpp", x, labels, None)[1:]
+            assert bool(torch.isinf(grad[0, 0]).any()) and bool(torch.isfinite(grad[0, 1]).all())
+            continue
+        for neg in (None, negatives):
+            assert_cpp_matches_reference(x, labels, neg)
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_anchors_without_positives() -> None:
+    # V = 1 and singleton labels: every loss and gradient is exactly 0.
+    x = rand(5, 3, seed=1).requires_grad_()
+    out = functional.supcon_loss(x, longs([4, 1, 2, 0, 3]), reduction="none", backend="cpp")
+    assert torch.equal(out, torch.zeros(5, dtype=torch.float64))
+    (grad,) = torch.autograd.grad(out.sum(), x)
+    assert torch.equal(grad, torch.zeros_like(grad))
+    # Mixed: one pair among five; the others count in the mean with a zero loss.
+    labels = longs([0, 1, 0, 2, 3])
+    for negatives in (None, rand(2, 3, seed=2)):
+        for reduction in REDUCTIONS:
+            assert_cpp_matches_reference(x.detach(), labels, negatives, reduction=reduction)
+
+
+@pytest.mark.cpp
+@needs_cpp
+@pytest.mark.parametrize("mode", ["all", "one"])
+def test_cpp_empty_and_single_row(mode: str) -> None:
+    for n, views, m in ((0, 2, 0), (0, 2, 3), (1, 1, 0), (1, 1, 2), (1, 2, 0)):
+        x = rand(n, views, 3, seed=n + views + m)
+        negatives = rand(m, 3, seed=m) if m else None
+        for labels in (None, torch.zeros(n, dtype=torch.long)):
+            for reduction in REDUCTIONS:
+                kwargs = {"contrast_mode": mode, "reduction": reduction}
+                got = run_with_grads("cpp", x, labels, negatives, **kwargs)
+                expected = run_with_grads("reference", x, labels, negatives, **kwargs)
+                for g, e in zip(got, expected, strict=True):
+                    assert g.shape == e.shape and bool(torch.isfinite(g).all())
+                    torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.cpp
+@needs_cpp
+@pytest.mark.parametrize(
+    ("with_labels", "mode", "normalize"),
+    [(True, "all", True), (False, "all", True), (True, "one", False), (False, "one", True)],
+)
+def test_cpp_gradcheck(with_labels: bool, mode: str, normalize: bool) -> None:
+    x = rand(4, 2, 3, seed=21).requires_grad_()
+    negatives = rand(2, 3, seed=22).requires_grad_()
+    labels = longs([0, 1, 0, 0]) if with_labels else None
+    for reduction in ("mean", "none"):
+        assert torch.autograd.gradcheck(
+            lambda f, g, r=reduction: functional.supcon_loss(
+                f,
+                labels,
+                negatives=g,
+                temperature=0.5,
+                contrast_mode=mode,
+                normalize=normalize,
+                reduction=r,
+                backend="cpp",
+            ),
+            (x, negatives),
+        )
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_opcheck() -> None:
+    from torch.library import opcheck
+
+    fwd, bwd = torch.ops.amc_kernels.supcon_loss_fwd, torch.ops.amc_kernels.supcon_loss_bwd
+    x = rand(6, 2, 5, seed=1, dtype=torch.float32).requires_grad_()
+    labels, negatives = rand_labels(6, 3), rand(3, 5, seed=2, dtype=torch.float32)
+    opcheck(fwd.default, (x, labels, negatives, 0.1, 0.07, "all", True, "mean"))
+    opcheck(fwd.default, (x, None, None, 0.5, 0.5, "one", False, "none"))
+    loss, lse = fwd(x.detach(), labels, negatives, 0.1, 0.07, "all", True, "none")
+    grad = torch.randn(loss.shape)
+    opcheck(bwd.default, (grad, x.detach(), labels, negatives, lse, 0.1, 0.07, "all", True, "none"))
+    options = (0.5, 0.5, "one", False, "sum")
+    _, lse = fwd(x.detach(), None, None, *options)
+    opcheck(bwd.default, (torch.tensor(2.0), x.detach(), None, None, lse, *options))
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_under_torch_compile() -> None:
+    x, labels = rand(6, 2, 5, seed=1, dtype=torch.float32), rand_labels(6, 3)
+    negatives = rand(3, 5, seed=2, dtype=torch.float32)
+
+    def loss(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        return amc_kernels.supcon_loss(a, labels, negatives=b, backend="cpp") * 2
+
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    xa, na = x.clone().requires_grad_(), negatives.clone().requires_grad_()
+    xb, nb = x.clone().requires_grad_(), negatives.clone().requires_grad_()
+    got, expected = compiled(xa, na), loss(xb, nb)
+    torch.testing.assert_close(got, expected)
+    for g, e in zip(
+        torch.autograd.grad(got, (xa, na)), torch.autograd.grad(expected, (xb, nb)), strict=True
+    ):
+        torch.testing.assert_close(g, e)
+
+
+@pytest.mark.cpp
+@needs_cpp
+@settings(max_examples=15, deadline=None)
+@given(
+    n=st.integers(0, 7),
+    views=st.integers(1, 3),
+    d=st.integers(1, 5),
+    classes=st.one_of(st.none(), st.integers(1, 4)),
+    m=st.one_of(st.none(), st.integers(0, 3)),
+    mode=st.sampled_from(["all", "one"]),
+    normalize=st.booleans(),
+    reduction=st.sampled_from(REDUCTIONS),
+    temperature=st.floats(0.05, 2.0),
+    seed=st.integers(0, 2**16),
+)
+def test_cpp_property_matches_reference(
+    n, views, d, classes, m, mode, normalize, reduction, temperature, seed
+) -> None:
+    x = rand(n, views, d, seed=seed)
+    labels = None if classes is None else rand_labels(n, classes, seed=seed)
+    negatives = None if m is None else rand(m, d, seed=seed + 1)
+    kwargs = {
+        "temperature": temperature,
+        "contrast_mode": mode,
+        "normalize": normalize,
+        "reduction": reduction,
+    }
+    got = run_with_grads("cpp", x, labels, negatives, **kwargs)
+    expected = run_with_grads("reference", x, labels, negatives, **kwargs)
+    for g, e in zip(got, expected, strict=True):
+        scale = 1.0 + (e.abs().max().item() if e.numel() else 0.0)
+        torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-11 * scale)
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_cpp_double_backward_raises() -> None:
+    x = rand(4, 2, 3, seed=5).requires_grad_()
+    out = functional.supcon_loss(x, longs([0, 1, 0, 1]), backend="cpp")
+    (grad,) = torch.autograd.grad(out, x, create_graph=True)
+    with pytest.raises(RuntimeError, match="double backward is not supported"):
+        grad.sum().backward()
+
+
+@pytest.mark.cpp
+@needs_cpp
+def test_dispatcher_picks_cpp_for_cpu_tensors() -> None:
+    from amc_kernels import _dispatch
+
+    for dtype in ALL_DTYPES:
+        call = _dispatch.Call("supcon_loss", torch.device("cpu"), dtype, ((4, 2, 3), (4,)))
+        assert _dispatch.select(call).backend == "cpp"
+    x, labels = rand(4, 2, 3, seed=6), longs([0, 1, 0, 1])
+    assert torch.equal(amc_kernels.supcon_loss(x, labels), supcon_cpp(x, labels))
+
+
+# --- triton backend ---
+
+EXACT_DTYPES = [
+    pytest.param(torch.float32, id="float32"),
+    pytest.param(torch.float64, id="float64"),
+]
+TRITON_DTYPES = [
+    *EXACT_DTYPES,
+    *[
+        pytest.param(dt, id=str(dt).split(".")[-1], marks=pytest.mark.cuda)
+        for dt in (torch.float16, torch.bfloat16)
+    ],
+]
+# (views, contrast_mode, labels, negatives, normalize, reduction): every option in both states,
+# with views 1 ([N, D] features), 2 and 3.
+TRITON_GRID = [
+    (2, "all", True, True, True, "mean"),
+    (2, "one", False, True, False, "none"),
+    (1, "all", True, False, True, "sum"),
+    (3, "one", True, False, False, "mean"),
+    (2, "all", False, False, True, "none"),
+    (3, "all", False, True, False, "sum"),
+    (1, "one", True, True, True, "none"),
+]
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def triton_device(request: pytest.FixtureRequest) -> torch.device:
+    """CPU under the Triton interpreter (the default without a GPU), or CUDA."""
+    pytest.importorskip("triton")
+    if request.param == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton runs on CPU tensors only under TRITON_INTERPRET=1")
+    return torch.device(request.param)
+
+
+def assert_triton_matches(features, labels=None, **kwargs) -> None:
+    """Value and gradients (features and negatives) against the reference."""
+    ok, error, bound = compare_backend("supcon_loss", "triton", (features, labels), kwargs)
+    assert ok, f"{kwargs}: error {error:.3g} above the bound {bound:.3g}"
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", TRITON_DTYPES)
+@pytest.mark.parametrize(
+    ("views", "mode", "with_labels", "with_negatives", "normalize", "reduction"),
+    TRITON_GRID,
+    ids=[
+        f"V{v}-{m}-{'lab' if b else 'nolab'}-{'neg' if n else 'noneg'}-{'norm' if z else 'raw'}-{r}"
+        for v, m, b, n, z, r in TRITON_GRID
+    ],
+)
+def test_triton_matches_reference(
+    triton_device: torch.device,
+    dtype: torch.dtype,
+    views: int,
+    mode: str,
+    with_labels: bool,
+    with_negatives: bool,
+    normalize: bool,
+    reduction: str,
+) -> None:
+    # Beyond one tile of rows: 16 under the interpreter, 128 on GPUs.
+    n = 9 if triton_device.type == "cpu" else 150
+    shape = (n, 16) if views == 1 else (n, views, 16)
+    x = (rand(*shape, seed=views, dtype=torch.float64) * (1.0 if normalize else 0.3)).to(dtype)
+    labels = rand_labels(n, 3, seed=views).to(triton_device) if with_labels else None
+    negatives = rand(5, 16, seed=7, dtype=dtype).to(triton_device) if with_negatives else None
+    assert_triton_matches(
+        x.to(triton_device),
+        labels,
+        negatives=negatives,
+        temperature=0.2,
+        contrast_mode=mode,
+        normalize=normalize,
+        reduction=reduction,
+    )
+
+
+@pytest.mark.triton
+def test_triton_streams_the_feature_axis_in_chunks(triton_device: torch.device) -> None:
+    d = 40 if triton_device.type == "cpu" else 300  # three chunks / chunked on GPUs
+    x = rand(7, 2, d, seed=51).to(triton_device)
+    labels = rand_labels(7, 3, seed=51).to(triton_device)
+    assert_triton_matches(x, labels, negatives=rand(4, d, seed=52).to(triton_device))
+    assert_triton_matches(x, None, contrast_mode="one", reduction="none")
+
+
+@pytest.mark.triton
+def test_triton_anchors_without_positives_and_degenerate_batches(
+    triton_device: torch.device,
+) -> None:
+    def run(x, labels=None, **kwargs):
+        return functional.supcon_loss(x, labels, backend="triton", **kwargs)
+
+    dev = triton_device
+    # V = 1 and singleton labels: every anchor has no positive and contributes exactly 0.
+    x = f64([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]], dev)
+    assert torch.equal(
+        run(x, longs([0, 1, 2]).to(dev), reduction="none").cpu(), torch.zeros(3).double()
+    )
+    # One positive pair among four anchors (the closed form of the reference tests).
+    x = f64([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0], [-1.0, 0.0]], dev)
+    got = run(
+        x, longs([0, 0, 1, 2]).to(dev), temperature=1.0, base_temperature=1.0, reduction="none"
+    )
+    pair = math.log(E + 1 + 1 / E) - 1
+    torch.testing.assert_close(got.cpu(), f64([pair, pair, 0.0, 0.0]), rtol=0, atol=1e-12)
+    # A single sample: no denominator (0), or a negative but still no positive (0).
+    one = f64([[0.3, -1.0, 2.0]], dev).requires_grad_()
+    for negatives in (None, f64([[0.0, 1.0, 0.0]], dev)):
+        out = run(one, negatives=negatives)
+        (grad,) = torch.autograd.grad(out, one)
+        assert out.item() == 0.0 and torch.equal(grad, torch.zeros_like(grad))
+    # An empty batch, with and without negatives.
+    empty = torch.zeros(0, 2, 4, device=dev, requires_grad=True)
+    for negatives in (None, torch.randn(3, 4, device=dev)):
+        out = run(empty, negatives=negatives)
+        (grad,) = torch.autograd.grad(out, empty)
+        assert out.item() == 0.0 and grad.shape == empty.shape
+        assert run(empty, negatives=negatives, reduction="none").shape == (0,)
+    # Everything one class: every other row is a positive.
+    x = rand(6, 2, 5, seed=53).to(dev)
+    assert_triton_matches(x, torch.zeros(6, dtype=torch.long, device=dev))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("kind", sorted(SPECIAL))
+def test_triton_special_vectors(triton_device: torch.device, kind: str) -> None:
+    x = torch.tensor(SPECIAL[kind], dtype=torch.float64, device=triton_device)
+    negatives = torch.tensor([[1.0, 2.0, -1.0]], dtype=torch.float64, device=triton_device)
+    for labels in (None, longs([0, 0]).to(triton_device)):
+        assert_triton_matches(x, labels, negatives=negatives)
+        leaf = x.float().requires_grad_()
+        out = functional.supcon_loss(leaf, labels, backend="triton")
+        (grad,) = torch.autograd.grad(out, leaf)
+        assert bool(torch.isfinite(out)) and bool(torch.isfinite(grad).all())
+
+
+@pytest.mark.triton
+def test_triton_non_contiguous_inputs_and_label_dtypes(triton_device: torch.device) -> None:
+    x = rand(2, 6, 5, seed=41).to(triton_device).transpose(0, 1)  # [6, 2, 5], view-major memory
+    negatives = rand(5, 6, seed=42).to(triton_device).T[::2]  # [3, 5]
+    labels = rand_labels(12, 3, seed=41).to(triton_device)[::2]
+    assert not (x.is_contiguous() or negatives.is_contiguous() or labels.is_contiguous())
+    for label_dtype in (torch.int64, torch.int32, torch.uint8):
+        assert_triton_matches(x, labels.to(label_dtype), negatives=negatives, reduction="none")
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize(
+    ("with_labels", "mode", "normalize"), [(True, "all", True), (False, "one", False)]
+)
+def test_triton_gradcheck(
+    triton_device: torch.device, with_labels: bool, mode: str, normalize: bool
+) -> None:
+    x = rand(4, 2, 3, seed=21).to(triton_device).requires_grad_()
+    negatives = rand(2, 3, seed=22).to(triton_device).requires_grad_()
+    labels = longs([0, 1, 0, 0]).to(triton_device) if with_labels else None
+    assert torch.autograd.gradcheck(
+        lambda f, g: functional.supcon_loss(
+            f,
+            labels,
+            negatives=g,
+            temperature=0.5,
+            contrast_mode=mode,
+            normalize=normalize,
+            reduction="none",
+            backend="triton",
+        ),
+        (x, negatives),
+        fast_mode=True,
+    )
+
+
+@pytest.mark.triton
+def test_triton_opcheck(triton_device: torch.device) -> None:
+    from amc_kernels.triton_kernels import supcon_loss as ops
+
+    # Under the interpreter the fake-tensor checks would launch the interpreted kernel on fake
+    # tensors (it copies arguments to host memory), so CPU runs the schema and autograd checks.
+    utils = ("test_schema", "test_autograd_registration")
+    if triton_device.type == "cuda":
+        utils += ("test_faketensor", "test_aot_dispatch_dynamic")
+    x = rand(5, 2, 4, seed=1).to(triton_device).requires_grad_()
+    negatives = rand(3, 4, seed=2).to(triton_device).requires_grad_()
+    labels = longs([0, 1, 0, 1, 1]).to(triton_device)
+    for lab, neg in ((labels, negatives), (None, None)):
+        args = (x, lab, neg, 0.1, 0.07, "all", True, "mean")
+        torch.library.opcheck(ops.supcon_loss_fwd, args, test_utils=utils)
+        loss, stats = ops.supcon_loss_fwd(*args)
+        detached = None if neg is None else neg.detach()
+        bwd_args = (torch.ones_like(loss), x.detach(), lab, detached, stats, *args[3:])
+        torch.library.opcheck(ops.supcon_loss_bwd, bwd_args, test_utils=utils)
+
+
+@pytest.mark.triton
+@pytest.mark.cuda
+@pytest.mark.parametrize("with_labels", [True, False])
+def test_triton_torch_compile_fullgraph(with_labels: bool) -> None:
+    x = rand(64, 2, 32, seed=1).float().cuda().requires_grad_()
+    labels = rand_labels(64, 5, seed=1).cuda() if with_labels else None
+
+    @torch.compile(fullgraph=True)
+    def loss(f: torch.Tensor) -> torch.Tensor:
+        return amc_kernels.supcon_loss(f, labels, backend="triton")
+
+    got = loss(x)
+    (grad,) = torch.autograd.grad(got, x)
+    expected = supcon(x.double(), labels)
+    (expected_grad,) = torch.autograd.grad(expected, x)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.triton
+@pytest.mark.cuda
+@pytest.mark.slow
+def test_triton_memory_is_linear_in_the_batch() -> None:
+    # 65536 view rows of D = 128 in bf16 (16 MB): the A × C logits alone would take 16 GB in
+    # fp32; the kernels need O(C·D) working memory (a few fp32 copies of Z).
+    x = torch.randn(32768, 2, 128, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    labels = torch.randint(100, (32768,), device="cuda")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    functional.supcon_loss(x, labels, backend="triton").backward()
+    torch.cuda.synchronize()
+    assert torch.cuda.max_memory_allocated() - base < 512 * 2**20
+
+
+@pytest.mark.triton
+def test_triton_double_backward_raises(triton_device: torch.device) -> None:
+    x = rand(4, 2, 3, seed=1).to(triton_device).requires_grad_()
+    out = functional.supcon_loss(x, backend="triton")
+    (grad,) = torch.autograd.grad(out, x, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"double backward.*supcon_loss_triton_bwd"):
+        grad.sum().backward()

@@ -16,6 +16,7 @@ from .. import _dispatch
 from .._dispatch import Call
 
 
+@torch.compiler.assume_constant_result  # a build property: torch.compile(fullgraph=True) folds it
 def has_kernel(schema: str, dispatch_key: str) -> bool:
     """Whether amc_kernels::<schema> has a kernel for the dispatch key ("CPU" or "CUDA")."""
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"amc_kernels::{schema}", dispatch_key)

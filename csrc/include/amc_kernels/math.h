@@ -4,6 +4,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <limits>
 
 #include "amc_kernels/macros.h"
@@ -39,6 +40,47 @@ AMC_HOST_DEVICE acc_t clamped_arccos_grad(acc_t c) {
     return acc_t(0);
   }
   return acc_t(-1) / std::sqrt(acc_t(1) - c * c);
+}
+
+// dθ/dc with the bound convention of the running torch's clamp, which changed between versions:
+// older ones pass the gradient at c = ±(1 − δ) (grad_at_bounds = true, as the function above),
+// newer ones (2.14 does) give the minimum-norm subgradient 0 there (pytorch/pytorch#184574).
+// Zero outside the bounds, −1/√(1 − c²) inside; written without branches.
+template <typename acc_t>
+AMC_HOST_DEVICE acc_t clamped_arccos_grad(acc_t c, bool grad_at_bounds) {
+  const acc_t hi = cosine_bound<acc_t>();
+  const acc_t magnitude = c < acc_t(0) ? -c : c;
+  const bool inside = (magnitude < hi) | (grad_at_bounds & (magnitude == hi));  // no branch
+  const acc_t k = clamp_cosine(c);
+  const acc_t slope = acc_t(-1) / std::sqrt(acc_t(1) - k * k);
+  return inside ? slope : acc_t(0);
+}
+
+// arccos in a form that compilers vectorise: no branches and no calls besides sqrt. For float,
+// Cephes' asinf polynomial P(z) on [0, ½], with acos(c) = π/2 − asin(c) for |c| ≤ ½ and
+// acos(c) = 2·asin(√((1 − |c|)/2)) (π minus that for c < 0) above; every lane computes both
+// forms and selects. Within 1.3 ulp of the exact arccos on [−1, 1]. For double, std::acos.
+AMC_HOST_DEVICE float simd_acos(float c) {
+  const float a = std::fabs(c);
+  const bool outer = a > 0.5f;
+  const float z = outer ? 0.5f * (1.0f - a) : a * a;
+  const float root = std::sqrt(z);
+  const float s = outer ? root : a;
+  const float poly = (((4.2163199048e-2f * z + 2.4181311049e-2f) * z + 4.5470025998e-2f) * z +
+                      7.4953002686e-2f) * z + 1.6666752422e-1f;
+  const float asin_s = s + s * z * poly;
+  const float pi = 3.14159265358979f;
+  const float outer_acos = c < 0.0f ? pi - 2.0f * asin_s : 2.0f * asin_s;
+  const float inner_acos = 0.5f * pi - (c < 0.0f ? -asin_s : asin_s);
+  return outer ? outer_acos : inner_acos;
+}
+
+AMC_HOST_DEVICE double simd_acos(double c) { return std::acos(c); }
+
+// clamped_arccos through simd_acos, for loops that should vectorise.
+template <typename acc_t>
+AMC_HOST_DEVICE acc_t clamped_arccos_simd(acc_t c) {
+  return simd_acos(clamp_cosine(c));
 }
 
 // ---- AMC pair terms (DESIGN §2.2) ----------------------------------------------------------
@@ -91,6 +133,32 @@ struct OnlineLogSumExp {
   AMC_HOST_DEVICE acc_t value() const { return max + std::log(sum); }
 };
 
+// exp(x) in a branch-free form that compilers vectorise (no calls), for the exponentials of
+// max-subtracted logits. float: x = n·ln2 + r with |r| ≤ ln2/2 (ln2 split in two parts),
+// exp(r) by Cephes' expf polynomial, 2^n through the exponent bits; within 2 ulp of expf for
+// x ≤ 88. Arguments below ln(FLT_MIN) ≈ −87.34, −inf included, give exactly 0 (no subnormals).
+// double: std::exp.
+AMC_HOST_DEVICE float simd_exp(float x) {
+  const float lowest = -87.33654f;
+  const float highest = 88.0f;
+  const float clamped = x < lowest ? lowest : (x > highest ? highest : x);
+  const float n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x/ln2)
+  const float r = (clamped - n * 0.693359375f) + n * 2.12194440e-4f;
+  float p = 1.9875691500e-4f;
+  p = p * r + 1.3981999507e-3f;
+  p = p * r + 8.3334519073e-3f;
+  p = p * r + 4.1665795894e-2f;
+  p = p * r + 1.6666665459e-1f;
+  p = p * r + 5.0000001201e-1f;
+  const float exp_r = p * r * r + r + 1.0f;
+  const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
+  float two_n;
+  memcpy(&two_n, &bits, sizeof(two_n));
+  return x < lowest ? 0.0f : exp_r * two_n;
+}
+
+AMC_HOST_DEVICE double simd_exp(double x) { return std::exp(x); }
+
 // ---- bilinear weights (align_corners=False, as torch's upsample_bilinear2d) ----------------
 
 // Output index `dst` of a resize from in_size to out_size reads in[i0]·w0 + in[i1]·w1.
@@ -115,6 +183,46 @@ AMC_HOST_DEVICE LinearTap<acc_t> linear_tap(int64_t dst, int64_t in_size, int64_
   acc_t w1 = src - static_cast<acc_t>(i0);
   w1 = w1 < acc_t(0) ? acc_t(0) : (w1 > acc_t(1) ? acc_t(1) : w1);
   return {i0, i1, acc_t(1) - w1, w1};
+}
+
+// Row `dst` of Resize_{len→out}·Select_{start..start+len}·Resize_{in→out}: the window
+// start..start+len of an axis already resized from in to out samples, resized again to out
+// samples; `mirrored` reverses the rows (a flip). Four (index, weight) terms over the `in` source
+// samples, indices possibly repeated. Resampling the identity basis this way makes the
+// per-axis matrices of a crop-and-resize exact (DESIGN §2.6).
+template <typename acc_t>
+struct CroppedTaps {
+  int64_t index[4];
+  acc_t weight[4];
+};
+
+template <typename acc_t>
+AMC_HOST_DEVICE CroppedTaps<acc_t> cropped_resize_taps(int64_t dst, int64_t start, int64_t len,
+                                                       bool mirrored, int64_t in_size,
+                                                       int64_t out_size) {
+  const LinearTap<acc_t> crop =
+      linear_tap<acc_t>(mirrored ? out_size - 1 - dst : dst, len, out_size);
+  const LinearTap<acc_t> lo = linear_tap<acc_t>(start + crop.i0, in_size, out_size);
+  const LinearTap<acc_t> hi = linear_tap<acc_t>(start + crop.i1, in_size, out_size);
+  return {{lo.i0, lo.i1, hi.i0, hi.i1},
+          {crop.w0 * lo.w0, crop.w0 * lo.w1, crop.w1 * hi.w0, crop.w1 * hi.w1}};
+}
+
+// ---- "sum"-normalised maps (CGC, DESIGN §2.4 and §2.6) -------------------------------------
+
+// The constant ε = 1e-8 of s = X / (ΣX + ε) + ε, rounded to acc_t as torch rounds its Python bound.
+template <typename acc_t>
+AMC_HOST_DEVICE acc_t map_eps() {
+  return static_cast<acc_t>(1e-8);
+}
+
+// ⟨X/σx + ε, Y/σy + ε⟩ over `count` pixels from ⟨X, Y⟩ and the sums ΣX, ΣY: the inner product
+// of two normalised maps without the maps.
+template <typename acc_t>
+AMC_HOST_DEVICE acc_t normalized_map_inner(acc_t xy, acc_t sum_x, acc_t sum_y, acc_t sigma_x,
+                                           acc_t sigma_y, acc_t count) {
+  const acc_t eps = map_eps<acc_t>();
+  return xy / (sigma_x * sigma_y) + eps * (sum_x / sigma_x + sum_y / sigma_y) + eps * eps * count;
 }
 
 }  // namespace amc_kernels

@@ -1,0 +1,109 @@
+// CPU pieces shared by angular_distance and amc_loss: row spans for tiling, the round-robin
+// schedule of symmetric tile pairs, the row normalisation of F.normalize and its backward, the
+// cosine tile GEMM, and the macro that compiles a row loop once per SIMD width.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <algorithm>
+#include <atomic>
+#include <cstdint>
+#include <vector>
+
+// A row loop compiled for AVX-512, AVX2 and the baseline ISA; the loader picks the widest one the
+// CPU has (gcc function multiversioning). Loop bodies are branch-free so that gcc vectorises them.
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define AMC_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#else
+#define AMC_SIMD_CLONES
+#endif
+
+namespace amc_kernels::cpu {
+
+// ε of x̂ = x / max(‖x‖, ε), as F.normalize(eps=1e-12).
+constexpr double kNormEps = 1e-12;
+
+// fp64 for fp64, fp32 for fp32, fp16 and bf16.
+at::ScalarType compute_dtype(at::ScalarType dtype);
+
+// Rows [begin, begin + size) of a matrix cut into tiles of `tile` rows.
+struct Span {
+  int64_t begin;
+  int64_t size;
+};
+
+inline int64_t tile_count(int64_t rows, int64_t tile) { return (rows + tile - 1) / tile; }
+
+inline Span tile_span(int64_t index, int64_t rows, int64_t tile) {
+  const int64_t begin = index * tile;
+  return {begin, std::min(tile, rows - begin)};
+}
+
+// ---- symmetric tile pairs -------------------------------------------------------------------
+
+// Tiles I ≤ J of a symmetric N × N matrix.
+struct TilePair {
+  int64_t first;
+  int64_t second;
+};
+
+// Every tile pair I ≤ J once, in rounds where no tile appears twice: the diagonal pairs, then
+// the circle method (slot `slots − 1` fixed, the others rotating; a bye slot when `tiles` is odd).
+std::vector<std::vector<TilePair>> tile_pair_rounds(int64_t tiles);
+
+// Rows of the square tiles over N rows: 256, smaller (down to 64) when N is too small to give
+// every thread a task in each round.
+int64_t pair_tile_rows(int64_t n);
+
+// Runs task(i, scratch) for every i in [0, count) on the at::parallel_for threads, each thread
+// claiming the next i when it is free: a slow or preempted thread holds the others up by one
+// task at most. Each thread has its own scratch = make_scratch().
+template <typename MakeScratch, typename Task>
+void parallel_claim(int64_t count, const MakeScratch& make_scratch, const Task& task) {
+  std::atomic<int64_t> next{0};
+  const int64_t workers = std::min<int64_t>(count, at::get_num_threads());
+  at::parallel_for(0, workers, 1, [&](int64_t /*begin*/, int64_t /*end*/) {
+    auto scratch = make_scratch();
+    for (int64_t i = next++; i < count; i = next++) {
+      task(i, scratch);
+    }
+  });
+}
+
+// Runs task(pair, scratch) for every tile pair: the rounds one after the other, the pairs of a
+// round in parallel. A task may write the rows of both its tiles: the pairs of a round never
+// share one, so the result does not depend on which thread runs which pair. Each thread has its
+// own scratch, `buffers` × tile × tile of `options`.
+template <typename Task>
+void for_each_tile_pair(int64_t tiles, int64_t tile, int64_t buffers,
+                        const at::TensorOptions& options, const Task& task) {
+  const auto make_scratch = [&] { return at::empty({buffers, tile, tile}, options); };
+  for (const std::vector<TilePair>& round : tile_pair_rounds(tiles)) {
+    parallel_claim(
+        static_cast<int64_t>(round.size()), make_scratch,
+        [&](int64_t p, const at::Tensor& scratch) { task(round[p], scratch); });
+  }
+}
+
+// ---- unit rows -------------------------------------------------------------------------------
+
+// x̂ = x / max(‖x‖, ε) row by row in the compute dtype (contiguous), and the norms ‖x‖.
+struct UnitRows {
+  at::Tensor unit;
+  at::Tensor norm;
+};
+
+UnitRows unit_rows(const at::Tensor& x);
+
+// dL/dx from dL/dx̂ (compute dtype, contiguous), cast to `dtype`: the backward of unit_rows.
+// clamp_grad_at_bounds: whether torch's clamp_min passes the gradient at ‖x‖ = ε.
+at::Tensor unit_rows_backward(const UnitRows& rows, const at::Tensor& grad_unit,
+                              at::ScalarType dtype, bool clamp_grad_at_bounds);
+
+// out = â[rows] · b̂[cols]ᵀ: one single-threaded BLAS GEMM (when called inside at::parallel_for)
+// into `out`, a rows.size × cols.size view with unit column stride and any row stride.
+void cosine_tile(const at::Tensor& a_unit, Span rows, const at::Tensor& b_unit, Span cols,
+                 at::Tensor& out);
+
+}  // namespace amc_kernels::cpu

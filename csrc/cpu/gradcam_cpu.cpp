@@ -1,0 +1,429 @@
+// gradcam_fwd and gradcam_bwd on CPU (DESIGN §2.4).
+// Formula: raw_b = Σ_k α_bk·A_bk with α_bk = mean_hw G_bk (weighting "mean"), or
+// raw_b = Σ_k G_bk ⊙ A_bk ("elementwise"); then ReLU (if relu), the bilinear resize to H'×W'
+// (align_corners=False, torch's evaluation order) and the per-map normalisation: "max"
+// x/(max+ε), "minmax" (x−min)/(max(x−min)+ε), "sum" x/(Σx+ε)+ε, with ε = 1e-8.
+// The forward returns raw [B, H, W] and α [B, K] besides the maps (O(B·(H·W + K)), against
+// the B·K·H·W inputs), so the backward never re-reads A and G to rebuild them.
+// Backward: recomputes the resized map and its statistics from raw, then goes back through the
+// normalisation (amax/amin split their gradient evenly among ties, as torch), the resize (its
+// transpose), the ReLU (zero gradient at 0) and the weighting:
+//   mean:        dA_bk = α_bk·dRaw_b,  dG_bk = ⟨dRaw_b, A_bk⟩/(H·W) at every pixel;
+//   elementwise: dA = G ⊙ dRaw,        dG = A ⊙ dRaw.
+// Mapping: at::parallel_for over (map, channel chunk) items, the chunks splitting K only when
+// there are fewer maps than threads: the forward's items sum partial raw maps (one pass over A
+// and G), an epilogue per map reduces them and writes the map; the backward's epilogue per map
+// gives dRaw, then its items write dA and dG (one pass over A and G, one over the gradients).
+// Accumulation: acc_type (fp32; fp64 for fp64 inputs); fp16/bf16 rows are converted one at a time.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <string>
+#include <vector>
+
+#include "amc_kernels/checks.h"
+#include "amc_kernels/dispatch.h"
+#include "amc_kernels/math.h"
+#include "map_utils_cpu.h"
+
+namespace amc_kernels {
+namespace {
+
+constexpr const char* kOp = "gradcam";
+constexpr double kMapEps = 1e-8;  // the constant of every map normalisation
+
+enum class Weighting { kMean, kElementwise };
+enum class Normalization { kNone, kMax, kMinMax, kSum };
+
+Weighting parse_weighting(const std::string& weighting) {
+  AMC_CHECK(weighting == "mean" || weighting == "elementwise", kOp,
+            "weighting must be \"mean\" or \"elementwise\", got \"", weighting, "\"");
+  return weighting == "mean" ? Weighting::kMean : Weighting::kElementwise;
+}
+
+Normalization parse_normalization(const std::string& normalize) {
+  if (normalize == "none") {
+    return Normalization::kNone;
+  }
+  if (normalize == "max") {
+    return Normalization::kMax;
+  }
+  if (normalize == "minmax") {
+    return Normalization::kMinMax;
+  }
+  AMC_CHECK(normalize == "sum", kOp,
+            "normalize must be \"none\", \"max\", \"minmax\" or \"sum\", got \"", normalize, "\"");
+  return Normalization::kSum;
+}
+
+struct MapShape {
+  int64_t maps;
+  int64_t channels;
+  int64_t height;
+  int64_t width;
+  int64_t out_height;
+  int64_t out_width;
+
+  int64_t plane() const { return height * width; }
+  int64_t out_plane() const { return out_height * out_width; }
+  bool resized() const { return out_height != height || out_width != width; }
+};
+
+MapShape map_shape(const at::Tensor& activations, const at::Tensor& gradients,
+                   at::IntArrayRef output_size) {
+  AMC_CHECK_DIM(activations, 4, kOp, "activations");
+  AMC_CHECK_FLOATING(activations, kOp, "activations");
+  AMC_CHECK(gradients.sizes() == activations.sizes(), kOp,
+            "gradients must have the shape of activations ", activations.sizes(), ", got ",
+            gradients.sizes());
+  AMC_CHECK(gradients.scalar_type() == activations.scalar_type(), kOp,
+            "gradients must have the dtype of activations (", activations.scalar_type(),
+            "), got ", gradients.scalar_type());
+  AMC_CHECK(output_size.empty() || output_size.size() == 2, kOp,
+            "output_size must be [] or [H', W'], got ", output_size);
+  MapShape shape{activations.size(0), activations.size(1), activations.size(2),
+                 activations.size(3), activations.size(2), activations.size(3)};
+  if (!output_size.empty()) {
+    AMC_CHECK(output_size[0] > 0 && output_size[1] > 0, kOp,
+              "output_size must be positive, got ", output_size);
+    shape.out_height = output_size[0];
+    shape.out_width = output_size[1];
+    AMC_CHECK(!shape.resized() || shape.plane() > 0, kOp,
+              "cannot resize empty maps of size ", shape.height, "x", shape.width);
+  }
+  return shape;
+}
+
+// ---- normalisation of one map, forward and backward ----------------------------------------
+
+template <typename acc_t>
+void normalize_map(Normalization mode, acc_t* map, int64_t n) {
+  const acc_t eps = static_cast<acc_t>(kMapEps);
+  if (mode == Normalization::kMax) {
+    const acc_t denominator = cpu::min_max(map, n).second + eps;
+    for (int64_t i = 0; i < n; ++i) {
+      map[i] = map[i] / denominator;
+    }
+  } else if (mode == Normalization::kMinMax) {
+    const auto [lo, hi] = cpu::min_max(map, n);
+    const acc_t denominator = (hi - lo) + eps;  // max(x − min) = hi − lo, rounded alike
+    for (int64_t i = 0; i < n; ++i) {
+      map[i] = (map[i] - lo) / denominator;
+    }
+  } else if (mode == Normalization::kSum) {
+    const acc_t denominator = cpu::sum_row(map, n) + eps;
+    for (int64_t i = 0; i < n; ++i) {
+      map[i] = map[i] / denominator + eps;
+    }
+  }
+}
+
+// grad[i] += share/count where values[i] == extreme: the backward of amax/amin (ties split).
+template <typename acc_t>
+void add_to_ties(const acc_t* values, acc_t extreme, acc_t share, acc_t* grad, int64_t n) {
+  int64_t count = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    count += values[i] == extreme;
+  }
+  const acc_t each = share / static_cast<acc_t>(count);
+  for (int64_t i = 0; i < n; ++i) {
+    grad[i] += values[i] == extreme ? each : acc_t(0);
+  }
+}
+
+// grad: ∂L/∂out on entry, ∂L/∂map on return, for out = normalize(map). shifted: n scratch.
+template <typename acc_t>
+void normalize_map_backward(Normalization mode, const acc_t* map, acc_t* grad, acc_t* shifted,
+                            int64_t n) {
+  const acc_t eps = static_cast<acc_t>(kMapEps);
+  if (mode == Normalization::kMax) {
+    // out = x / d, d = max x + ε: dx = g/d, dmax = −⟨g, x⟩/d².
+    const acc_t hi = cpu::min_max(map, n).second;
+    const acc_t denominator = hi + eps;
+    const acc_t grad_max = -cpu::dot(grad, map, n) / (denominator * denominator);
+    cpu::scale_row(acc_t(1) / denominator, grad, grad, n);
+    add_to_ties(map, hi, grad_max, grad, n);
+  } else if (mode == Normalization::kMinMax) {
+    // out = s / d, s = x − min, d = max s + ε: ds = g/d, dmax s = −⟨g, s⟩/d², dmin = −Σ ds.
+    const auto [lo, hi] = cpu::min_max(map, n);
+    const acc_t range = hi - lo;
+    const acc_t denominator = range + eps;
+    for (int64_t i = 0; i < n; ++i) {
+      shifted[i] = map[i] - lo;
+    }
+    const acc_t grad_range = -cpu::dot(grad, shifted, n) / (denominator * denominator);
+    for (int64_t i = 0; i < n; ++i) {
+      grad[i] = grad[i] / denominator;
+    }
+    add_to_ties(shifted, range, grad_range, grad, n);
+    add_to_ties(map, lo, -cpu::sum_row(grad, n), grad, n);
+  } else if (mode == Normalization::kSum) {
+    // out = x / d + ε, d = Σx + ε: dx_i = g_i/d − ⟨g, x⟩/d².
+    const acc_t denominator = cpu::sum_row(map, n) + eps;
+    const acc_t grad_sum = cpu::dot(grad, map, n) / (denominator * denominator);
+    for (int64_t i = 0; i < n; ++i) {
+      grad[i] = grad[i] / denominator - grad_sum;
+    }
+  }
+}
+
+// ---- the kernel ----------------------------------------------------------------------------
+
+template <typename acc_t>
+struct Workspace {
+  Workspace(const MapShape& shape, int64_t resize_scratch)
+      : a_row(shape.plane()),
+        g_row(shape.plane()),
+        out_row(std::max(shape.plane(), shape.out_plane())),
+        rectified(shape.plane()),
+        map(shape.out_plane()),
+        map_grad(shape.out_plane()),
+        shifted(shape.out_plane()),
+        resize(resize_scratch) {}
+
+  std::vector<acc_t> a_row;      // a channel of A as acc_t
+  std::vector<acc_t> g_row;      // a channel of G as acc_t
+  std::vector<acc_t> out_row;    // a row on its way to a scalar_t output
+  std::vector<acc_t> rectified;  // ReLU(raw)
+  std::vector<acc_t> map;        // the resized map before normalisation
+  std::vector<acc_t> map_grad;   // ∂L/∂map
+  std::vector<acc_t> shifted;    // scratch of the normalisation's backward
+  std::vector<acc_t> resize;     // scratch of the resize
+};
+
+template <typename scalar_t>
+class GradcamKernel {
+  using acc_t = acc_type<scalar_t>;
+
+ public:
+  // raw [B, H, W] and alpha ([B, K] for "mean") are acc_t: written by the forward's gather,
+  // read by the backward.
+  GradcamKernel(const MapShape& shape, Weighting weighting, bool relu, Normalization normalize,
+                const at::Tensor& activations, const at::Tensor& gradients, const at::Tensor& raw,
+                const at::Tensor& alpha)
+      : shape_(shape),
+        weighting_(weighting),
+        relu_(relu),
+        normalize_(normalize),
+        resize_(shape.height, shape.width, shape.out_height, shape.out_width),
+        activations_(activations.const_data_ptr<scalar_t>()),
+        gradients_(gradients.const_data_ptr<scalar_t>()),
+        raw_(raw.mutable_data_ptr<acc_t>()),
+        alpha_(alpha.mutable_data_ptr<acc_t>()) {}
+
+  Workspace<acc_t> workspace() const { return Workspace<acc_t>(shape_, resize_.scratch_size()); }
+
+  const acc_t* raw(int64_t b) const { return raw_ + b * shape_.plane(); }
+
+  // partial[plane] += the raw map of map b over channels [k_begin, k_end); "mean" stores α.
+  void gather(int64_t b, int64_t k_begin, int64_t k_end, acc_t* partial,
+              Workspace<acc_t>& ws) const {
+    const int64_t plane = shape_.plane();
+    for (int64_t k = k_begin; k < k_end; ++k) {
+      const acc_t* a = cpu::read_row(channel(activations_, b, k), plane, ws.a_row.data());
+      const acc_t* g = cpu::read_row(channel(gradients_, b, k), plane, ws.g_row.data());
+      if (weighting_ == Weighting::kMean) {
+        const acc_t alpha = cpu::sum_row(g, plane) / static_cast<acc_t>(plane);
+        alpha_[b * shape_.channels + k] = alpha;
+        cpu::axpy(alpha, a, partial, plane);
+      } else {
+        cpu::add_product(g, a, partial, plane);
+      }
+    }
+  }
+
+  // The raw map of map b, the sum of its partials: the first chunk's is raw_b itself.
+  acc_t* partial_raw(int64_t b, int64_t chunk, acc_t* extra_partials, int64_t chunks) const {
+    acc_t* raw_b = raw_ + b * shape_.plane();
+    return chunk == 0 ? raw_b : extra_partials + (b * (chunks - 1) + chunk - 1) * shape_.plane();
+  }
+
+  // out[out_plane] = normalize(resize(ReLU(raw_b))).
+  void finish_map(int64_t b, acc_t* out, Workspace<acc_t>& ws) const {
+    resized_map(raw(b), out, ws);
+    normalize_map(normalize_, out, shape_.out_plane());
+  }
+
+  // draw[plane] = ∂L/∂raw_b from grad_out[out_plane] = ∂L/∂out; recomputes the forward map.
+  void map_backward(int64_t b, const acc_t* grad_out, acc_t* draw, Workspace<acc_t>& ws) const {
+    const int64_t plane = shape_.plane();
+    const acc_t* raw_b = raw(b);
+    acc_t* map_grad = ws.map_grad.data();
+    std::copy(grad_out, grad_out + shape_.out_plane(), map_grad);
+    if (normalize_ != Normalization::kNone) {
+      resized_map(raw_b, ws.map.data(), ws);
+      normalize_map_backward(normalize_, ws.map.data(), map_grad, ws.shifted.data(),
+                             shape_.out_plane());
+    }
+    if (shape_.resized()) {
+      resize_.transpose(map_grad, draw, ws.resize.data());
+    } else {
+      std::copy(map_grad, map_grad + plane, draw);
+    }
+    if (relu_) {
+      for (int64_t i = 0; i < plane; ++i) {
+        draw[i] = raw_b[i] > acc_t(0) ? draw[i] : acc_t(0);
+      }
+    }
+  }
+
+  // dA and dG of map b over channels [k_begin, k_end) from draw = ∂L/∂raw_b.
+  void channel_grads(int64_t b, int64_t k_begin, int64_t k_end, const acc_t* draw,
+                     scalar_t* grad_a, scalar_t* grad_g, Workspace<acc_t>& ws) const {
+    const int64_t plane = shape_.plane();
+    acc_t* out = ws.out_row.data();
+    for (int64_t k = k_begin; k < k_end; ++k) {
+      const acc_t* a = cpu::read_row(channel(activations_, b, k), plane, ws.a_row.data());
+      scalar_t* da = grad_a + (b * shape_.channels + k) * plane;
+      scalar_t* dg = grad_g + (b * shape_.channels + k) * plane;
+      if (weighting_ == Weighting::kMean) {
+        const acc_t alpha = alpha_[b * shape_.channels + k];
+        const acc_t dalpha = cpu::dot(draw, a, plane) / static_cast<acc_t>(plane);
+        cpu::write_row(da, plane, out, [&](acc_t* dst) { cpu::scale_row(alpha, draw, dst, plane); });
+        cpu::write_row(dg, plane, out, [&](acc_t* dst) { std::fill(dst, dst + plane, dalpha); });
+      } else {
+        const acc_t* g = cpu::read_row(channel(gradients_, b, k), plane, ws.g_row.data());
+        cpu::write_row(da, plane, out, [&](acc_t* dst) { cpu::multiply_rows(g, draw, dst, plane); });
+        cpu::write_row(dg, plane, out, [&](acc_t* dst) { cpu::multiply_rows(a, draw, dst, plane); });
+      }
+    }
+  }
+
+ private:
+  const scalar_t* channel(const scalar_t* data, int64_t b, int64_t k) const {
+    return data + (b * shape_.channels + k) * shape_.plane();
+  }
+
+  // map[out_plane] = resize(ReLU(raw)), before normalisation.
+  void resized_map(const acc_t* raw, acc_t* map, Workspace<acc_t>& ws) const {
+    const int64_t plane = shape_.plane();
+    const acc_t* rectified = raw;
+    if (relu_) {
+      for (int64_t i = 0; i < plane; ++i) {
+        ws.rectified[i] = raw[i] > acc_t(0) ? raw[i] : acc_t(0);
+      }
+      rectified = ws.rectified.data();
+    }
+    if (shape_.resized()) {
+      resize_.apply(rectified, map, ws.resize.data());
+    } else {
+      std::copy(rectified, rectified + plane, map);
+    }
+  }
+
+  MapShape shape_;
+  Weighting weighting_;
+  bool relu_;
+  Normalization normalize_;
+  cpu::BilinearResize<acc_t> resize_;
+  const scalar_t* activations_;
+  const scalar_t* gradients_;
+  acc_t* raw_;    // [B, H·W]
+  acc_t* alpha_;  // [B, K] ("mean"), else empty
+};
+
+at::ScalarType acc_dtype(const at::Tensor& t) {
+  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> gradcam_fwd_cpu(
+    const at::Tensor& activations, const at::Tensor& gradients, const std::string& weighting,
+    bool relu, const std::string& normalize, at::IntArrayRef output_size) {
+  const MapShape shape = map_shape(activations, gradients, output_size);
+  const Weighting mode = parse_weighting(weighting);
+  const Normalization norm = parse_normalization(normalize);
+  const at::Tensor a = activations.contiguous();
+  const at::Tensor g = gradients.contiguous();
+  const auto acc_options = a.options().dtype(acc_dtype(a));
+  at::Tensor out = at::empty({shape.maps, shape.out_height, shape.out_width}, a.options());
+  at::Tensor raw = at::zeros({shape.maps, shape.height, shape.width}, acc_options);
+  at::Tensor alpha =
+      at::empty({shape.maps, mode == Weighting::kMean ? shape.channels : 0}, acc_options);
+  if (out.numel() == 0) {
+    return {out, raw, alpha};
+  }
+  const int64_t chunks = cpu::channel_chunks(shape.maps, shape.channels);
+  at::Tensor extra_partials = at::zeros({shape.maps, chunks - 1, shape.plane()}, acc_options);
+  AMC_DISPATCH_FLOATING(a.scalar_type(), kOp, [&] {
+    using acc_t = acc_type<scalar_t>;
+    const GradcamKernel<scalar_t> kernel(shape, mode, relu, norm, a, g, raw, alpha);
+    acc_t* extra = extra_partials.mutable_data_ptr<acc_t>();
+    scalar_t* result = out.mutable_data_ptr<scalar_t>();
+    auto workspace = [&] { return kernel.workspace(); };
+    cpu::for_each_chunk(shape.maps, shape.channels, chunks, workspace,
+                        [&](int64_t b, int64_t chunk, int64_t k0, int64_t k1, auto& ws) {
+                          kernel.gather(b, k0, k1, kernel.partial_raw(b, chunk, extra, chunks), ws);
+                        });
+    cpu::for_each_map(shape.maps, workspace, [&](int64_t b, Workspace<acc_t>& ws) {
+      acc_t* raw_b = kernel.partial_raw(b, 0, extra, chunks);
+      for (int64_t chunk = 1; chunk < chunks; ++chunk) {
+        cpu::axpy(acc_t(1), kernel.partial_raw(b, chunk, extra, chunks), raw_b, shape.plane());
+      }
+      cpu::write_row(result + b * shape.out_plane(), shape.out_plane(), ws.out_row.data(),
+                     [&](acc_t* dst) { kernel.finish_map(b, dst, ws); });
+    });
+  });
+  return {out, raw, alpha};
+}
+
+std::tuple<at::Tensor, at::Tensor> gradcam_bwd_cpu(
+    const at::Tensor& grad, const at::Tensor& activations, const at::Tensor& gradients,
+    const at::Tensor& raw, const at::Tensor& alpha, const std::string& weighting, bool relu,
+    const std::string& normalize, at::IntArrayRef output_size) {
+  const MapShape shape = map_shape(activations, gradients, output_size);
+  const Weighting mode = parse_weighting(weighting);
+  const Normalization norm = parse_normalization(normalize);
+  AMC_CHECK(grad.dim() == 3 && grad.size(0) == shape.maps && grad.size(1) == shape.out_height &&
+                grad.size(2) == shape.out_width,
+            kOp, "grad must have the output's shape [", shape.maps, ", ", shape.out_height, ", ",
+            shape.out_width, "], got ", grad.sizes());
+  const auto acc = acc_dtype(activations);
+  AMC_CHECK(raw.scalar_type() == acc && raw.numel() == shape.maps * shape.plane(), kOp,
+            "raw must be the forward's [", shape.maps, ", ", shape.height, ", ", shape.width,
+            "] ", acc, " map, got ", raw.sizes(), " ", raw.scalar_type());
+  const int64_t alpha_width = mode == Weighting::kMean ? shape.channels : 0;
+  AMC_CHECK(alpha.scalar_type() == acc && alpha.numel() == shape.maps * alpha_width, kOp,
+            "alpha must be the forward's [", shape.maps, ", ", alpha_width, "] ", acc,
+            " weights, got ", alpha.sizes(), " ", alpha.scalar_type());
+  const at::Tensor a = activations.contiguous();
+  const at::Tensor g = gradients.contiguous();
+  const at::Tensor upstream = grad.to(a.scalar_type()).contiguous();
+  const at::Tensor raw_data = raw.contiguous();
+  const at::Tensor alpha_data = alpha.contiguous();
+  at::Tensor grad_a = at::empty_like(a);
+  at::Tensor grad_g = at::empty_like(g);
+  if (a.numel() == 0) {
+    return {grad_a, grad_g};
+  }
+  AMC_DISPATCH_FLOATING(a.scalar_type(), kOp, [&] {
+    using acc_t = acc_type<scalar_t>;
+    const GradcamKernel<scalar_t> kernel(shape, mode, relu, norm, a, g, raw_data, alpha_data);
+    const scalar_t* upstream_data = upstream.const_data_ptr<scalar_t>();
+    scalar_t* da = grad_a.mutable_data_ptr<scalar_t>();
+    scalar_t* dg = grad_g.mutable_data_ptr<scalar_t>();
+    at::Tensor draw_all = at::empty({shape.maps, shape.plane()}, a.options().dtype(acc));
+    acc_t* draw = draw_all.mutable_data_ptr<acc_t>();
+    auto workspace = [&] { return kernel.workspace(); };
+    cpu::for_each_map(shape.maps, workspace, [&](int64_t b, Workspace<acc_t>& ws) {
+      const int64_t out_plane = shape.out_plane();
+      const acc_t* upstream_b =
+          cpu::read_row(upstream_data + b * out_plane, out_plane, ws.out_row.data());
+      kernel.map_backward(b, upstream_b, draw + b * shape.plane(), ws);
+    });
+    cpu::for_each_chunk(shape.maps, shape.channels, cpu::channel_chunks(shape.maps, shape.channels),
+                        workspace, [&](int64_t b, int64_t, int64_t k0, int64_t k1, auto& ws) {
+                          kernel.channel_grads(b, k0, k1, draw + b * shape.plane(), da, dg, ws);
+                        });
+  });
+  return {grad_a, grad_g};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(amc_kernels, CPU, m) {
+  m.impl("gradcam_fwd", &gradcam_fwd_cpu);
+  m.impl("gradcam_bwd", &gradcam_bwd_cpu);
+}
+
+}  // namespace amc_kernels

@@ -1,0 +1,149 @@
+// saliency_mask_fwd on CPU (DESIGN §2.7); not differentiable.
+// Formula: s = bilinear(saliency_b → H×W) (align_corners=False, torch's evaluation order), then
+// e = (s − min s)/((max s − min s) + 1e-8) with the reference's arithmetic in the saliency's
+// acc_type (fp32; fp64 for fp64 saliency). keep = e > threshold, the threshold rounded to that
+// dtype as torch compares a tensor with a Python float; or, with top_fraction f, the
+// k = ⌊f·H·W + ½⌋ largest e with ties to the lower flat index (the reference's stable
+// descending sort): v = the k-th largest e (nth_element), keep every e > v and the first
+// k − #{e > v} pixels with e == v in index order. masked = keep ? image : fill, every channel.
+// Decisions match the reference exactly whenever e is computed to the same bits; the resize
+// can differ from torch's by an ulp (FMA contraction inside ATen), which matters only for a
+// pixel within an ulp of the threshold or of the k-th value.
+// Mapping: at::parallel_for over images for the keep mask (a resize, one pass for min/max and
+// one for the decisions), then over (image, channel) planes for the masked copy: one pass over
+// the image data. Accumulation: acc_type of the saliency.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <functional>
+#include <vector>
+
+#include "amc_kernels/checks.h"
+#include "amc_kernels/dispatch.h"
+#include "map_utils_cpu.h"
+
+namespace amc_kernels {
+namespace {
+
+constexpr const char* kOp = "saliency_mask";
+constexpr double kMapEps = 1e-8;  // the constant of the min-max normalisation
+
+// keep[i] = the i-th pixel is among the k largest e, ties to the lower index.
+template <typename acc_t>
+void keep_top(const acc_t* e, int64_t n, int64_t k, bool* keep, std::vector<acc_t>& scratch) {
+  if (k <= 0 || k >= n) {
+    std::fill(keep, keep + n, k > 0);
+    return;
+  }
+  scratch.assign(e, e + n);
+  std::nth_element(scratch.begin(), scratch.begin() + (k - 1), scratch.end(),
+                   std::greater<acc_t>());
+  const acc_t kth = scratch[k - 1];
+  int64_t ties_kept = k - std::count_if(e, e + n, [kth](acc_t x) { return x > kth; });
+  for (int64_t i = 0; i < n; ++i) {
+    const bool tie = e[i] == kth && ties_kept > 0;
+    ties_kept -= tie;
+    keep[i] = e[i] > kth || tie;
+  }
+}
+
+// keep [B, H·W] from the saliency maps [B, h·w].
+template <typename scalar_t>
+void saliency_keep(const at::Tensor& saliency, int64_t height, int64_t width, double threshold,
+                   double top_fraction, bool* keep) {
+  using acc_t = acc_type<scalar_t>;
+  const int64_t images = saliency.size(0);
+  const int64_t source_plane = saliency.size(1) * saliency.size(2);
+  const int64_t plane = height * width;
+  const bool resized = saliency.size(1) != height || saliency.size(2) != width;
+  const cpu::BilinearResize<acc_t> resize(saliency.size(1), saliency.size(2), height, width);
+  const scalar_t* data = saliency.const_data_ptr<scalar_t>();
+  const acc_t eps = static_cast<acc_t>(kMapEps);
+  const acc_t cut = static_cast<acc_t>(threshold);
+  const auto kept = static_cast<int64_t>(top_fraction * static_cast<double>(plane) + 0.5);
+  at::parallel_for(0, images, 1, [&](int64_t begin, int64_t end) {
+    std::vector<acc_t> source(source_plane), e(plane), scratch(resize.scratch_size());
+    std::vector<acc_t> order;
+    for (int64_t b = begin; b < end; ++b) {
+      const acc_t* s = cpu::read_row(data + b * source_plane, source_plane, source.data());
+      if (resized) {
+        resize.apply(s, e.data(), scratch.data());
+      } else {
+        std::copy(s, s + plane, e.data());
+      }
+      const auto [lo, hi] = cpu::min_max(e.data(), plane);
+      const acc_t denominator = (hi - lo) + eps;  // max(s − min) = hi − lo, rounded alike
+      for (int64_t i = 0; i < plane; ++i) {
+        e[i] = (e[i] - lo) / denominator;
+      }
+      bool* keep_b = keep + b * plane;
+      if (top_fraction < 0) {
+        for (int64_t i = 0; i < plane; ++i) {
+          keep_b[i] = e[i] > cut;
+        }
+      } else {
+        keep_top(e.data(), plane, kept, keep_b, order);
+      }
+    }
+  });
+}
+
+// masked[b, c] = keep[b] ? images[b, c] : fill, over every (image, channel) plane.
+template <typename scalar_t>
+void masked_copy(const at::Tensor& images, const bool* keep, double fill, at::Tensor& masked) {
+  const int64_t channels = images.size(1);
+  const int64_t plane = images.size(2) * images.size(3);
+  const scalar_t* src = images.const_data_ptr<scalar_t>();
+  scalar_t* dst = masked.mutable_data_ptr<scalar_t>();
+  const auto fill_value = static_cast<scalar_t>(fill);
+  at::parallel_for(0, images.size(0) * channels, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const bool* keep_b = keep + (p / channels) * plane;
+      const scalar_t* in = src + p * plane;
+      scalar_t* out = dst + p * plane;
+      for (int64_t i = 0; i < plane; ++i) {
+        out[i] = keep_b[i] ? in[i] : fill_value;
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> saliency_mask_fwd_cpu(const at::Tensor& images,
+                                                         const at::Tensor& saliency,
+                                                         double threshold, double top_fraction,
+                                                         double fill) {
+  AMC_CHECK_DIM(images, 4, kOp, "images");
+  AMC_CHECK_FLOATING(images, kOp, "images");
+  AMC_CHECK_DIM(saliency, 3, kOp, "saliency");
+  AMC_CHECK_FLOATING(saliency, kOp, "saliency");
+  AMC_CHECK(saliency.size(0) == images.size(0), kOp, "saliency must have one map per image (",
+            images.size(0), "), got ", saliency.size(0));
+  AMC_CHECK(top_fraction <= 1.0, kOp, "top_fraction must be in [0, 1] (or negative for the ",
+            "threshold rule), got ", top_fraction);
+  const int64_t height = images.size(2);
+  const int64_t width = images.size(3);
+  const at::Tensor image_data = images.contiguous();
+  const at::Tensor saliency_data = saliency.contiguous();
+  at::Tensor masked = at::empty_like(image_data);
+  at::Tensor keep = at::empty({images.size(0), height, width}, images.options().dtype(at::kBool));
+  if (keep.numel() == 0) {
+    return {masked, keep};
+  }
+  AMC_CHECK(saliency.size(1) > 0 && saliency.size(2) > 0, kOp,
+            "saliency maps must not be empty, got ", saliency.sizes());
+  bool* keep_data = keep.mutable_data_ptr<bool>();
+  AMC_DISPATCH_FLOATING(saliency_data.scalar_type(), kOp, [&] {
+    saliency_keep<scalar_t>(saliency_data, height, width, threshold, top_fraction, keep_data);
+  });
+  AMC_DISPATCH_FLOATING(image_data.scalar_type(), kOp,
+                        [&] { masked_copy<scalar_t>(image_data, keep_data, fill, masked); });
+  return {masked, keep};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(amc_kernels, CPU, m) { m.impl("saliency_mask_fwd", &saliency_mask_fwd_cpu); }
+
+}  // namespace amc_kernels

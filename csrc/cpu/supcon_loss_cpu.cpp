@@ -1,0 +1,685 @@
+// supcon_loss_fwd and supcon_loss_bwd on CPU (DESIGN §2.3).
+//
+// Formula. The contrast rows are the views stacked view-major (row r = v·N + n, R = V·N rows),
+// then the M negatives: C = R + M rows z_r, L2-normalised (z / max(‖z‖, 1e-12)) when `normalize`.
+// The anchors are rows [0, A): A = R ("all") or N ("one", view 0). With l_ac = ⟨z_a, z_c⟩ / T,
+//   lse_a  = log Σ_{c ≠ a} exp(l_ac)                       (every contrast row and negative),
+//   |P_a|  = V·count[y_a] − 1                               (same-class contrast rows but a),
+//   loss_a = −k·(⟨z_a, S[y_a] − z_a⟩ / (T·|P_a|) − lse_a)  when |P_a| > 0, else exactly 0,
+// with k = T / T_base, y the dense class ids of the labels (the sample index when labels is
+// None) and S[y] the sum of the contrast rows of class y: the positives reduce to per-class sums,
+// O(N·D). The output is the mean over the A anchors, the sum, or [A]; lse [A] is saved.
+// Backward: dL/dl_ac = k·w_a·(p_ac − 1[c ∈ P_a] / |P_a|), p_ac = exp(l_ac − lse_a), w_a the
+// upstream weight of anchor a, 0 for an anchor without positives. The softmax part recomputes the
+// logit tiles; the positive part uses the class sums again; then the normalisation backward.
+//
+// Mapping. Anchor rows [0, A) and the other columns [A, C) are cut into tiles of at most 256 rows.
+// The anchor × anchor block is symmetric: each tile pair I ≤ J is one task with one BLAS GEMM
+// L = Z_I Z_Jᵀ / T whose rows feed the online log-sum-exp of the rows of I and whose columns that
+// of the rows of J; a diagonal tile does so with its strict upper triangle, so that every pair
+// {a, c} is one logit value in both directions and in both passes (BLAS does not return an
+// exactly symmetric Z_I Z_Iᵀ, and large logits would turn that into inconsistent softmaxes).
+// The anchor × other-column
+// block is one-sided: its tiles feed their anchor rows. Tasks run in rounds in which no tile
+// appears twice (a round-robin tournament over the anchor tiles, then a cyclic anchor × column
+// schedule); the tasks of a round run in parallel (at::parallel_for, one single-threaded GEMM
+// each), so every row's statistics and gradient are updated by one thread at a time, in the
+// fixed order of the rounds: no atomics, no per-thread copies of O(N) state. The backward recomputes each tile, turns it in
+// place into G, the softmax part of dL/d⟨z_i, z_j⟩ (both directions of a symmetric tile at once),
+// and adds G·Z_J to dZ_I and Gᵀ·Z_I to dZ_J (two GEMMs). Epilogues are SIMD loops (AVX-512,
+// AVX2 or baseline clones) over the rows of a tile, with the exponentials max-subtracted.
+// Memory: the C × D rows, their gradient and one tile per thread; never an A × C matrix.
+// Accumulation: fp32 (fp64 for fp64 inputs); fp16 and bf16 rows are converted as they are loaded.
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <algorithm>
+#include <limits>
+#include <string>
+#include <tuple>
+#include <vector>
+
+#include "amc_kernels/checks.h"
+#include "amc_kernels/dispatch.h"
+#include "amc_kernels/math.h"
+
+// A row loop compiled for AVX-512, AVX2 (with FMA) and the baseline ISA; the loader picks the
+// widest one the CPU supports (gcc function multiversioning).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
+#define SUPCON_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#else
+#define SUPCON_SIMD_CLONES
+#endif
+
+namespace amc_kernels::cpu {
+namespace {
+
+constexpr const char* kFwd = "supcon_loss_fwd";
+constexpr const char* kBwd = "supcon_loss_bwd";
+constexpr double kNormEps = 1e-12;  // F.normalize's eps
+constexpr int64_t kMinTile = 32;
+constexpr int64_t kMaxTile = 256;
+// Below this many multiply-adds in the logits (A·C·D) the work runs on the calling thread in
+// tiles of up to kSerialTile rows (one tile when A ≤ kSerialTile): few, larger GEMM calls, each
+// of which BLAS may thread, instead of parallel rounds that would cost more than they save.
+constexpr int64_t kParallelWork = int64_t(1) << 20;
+constexpr int64_t kSerialTile = 1024;
+// Row loops (load, normalisation backward) hand a thread at least this many elements, as ATen.
+constexpr int64_t kRowLoopGrain = 32768;
+
+int64_t row_grain(int64_t dim) { return std::max<int64_t>(1, kRowLoopGrain / std::max<int64_t>(dim, 1)); }
+
+// ---- inputs --------------------------------------------------------------------------------
+
+void check_inputs(const char* op, const at::Tensor& features,
+                  const std::optional<at::Tensor>& labels,
+                  const std::optional<at::Tensor>& negatives, double temperature,
+                  double base_temperature, const std::string& contrast_mode,
+                  const std::string& reduction) {
+  AMC_CHECK_DIM(features, 3, op, "features");
+  AMC_CHECK_FLOATING(features, op, "features");
+  if (labels.has_value()) {
+    AMC_CHECK_DIM(*labels, 1, op, "labels");
+    AMC_CHECK(at::isIntegralType(labels->scalar_type(), /*includeBool=*/false), op,
+              "labels must be an integer tensor, got ", labels->scalar_type());
+    AMC_CHECK(labels->size(0) == features.size(0), op, "labels must have one entry per sample (",
+              features.size(0), "), got ", labels->size(0));
+  }
+  if (negatives.has_value()) {
+    AMC_CHECK_DIM(*negatives, 2, op, "negatives");
+    AMC_CHECK(negatives->scalar_type() == features.scalar_type(), op,
+              "negatives must have the dtype of features (", features.scalar_type(), "), got ",
+              negatives->scalar_type());
+    AMC_CHECK(negatives->size(1) == features.size(2), op,
+              "negatives must have the feature size of features (", features.size(2), "), got ",
+              negatives->size(1));
+  }
+  AMC_CHECK(temperature > 0 && base_temperature > 0, op,
+            "temperature and base_temperature must be > 0, got ", temperature, " and ",
+            base_temperature);
+  AMC_CHECK(contrast_mode == "all" || contrast_mode == "one", op,
+            "contrast_mode must be 'all' or 'one', got '", contrast_mode, "'");
+  AMC_CHECK(reduction == "mean" || reduction == "sum" || reduction == "none", op,
+            "reduction must be 'mean', 'sum' or 'none', got '", reduction, "'");
+}
+
+// fp64 for fp64 features, fp32 otherwise.
+at::ScalarType compute_dtype(at::ScalarType dtype) {
+  return dtype == at::kDouble ? at::kDouble : at::kFloat;
+}
+
+// Row r of a stacked [rows, D] matrix stored in a strided tensor: view-major rows of [N, V, D]
+// (r = v·N + n), or the rows of [M, D] (one "view").
+template <typename T>
+struct StridedRows {
+  T* data;
+  int64_t samples;
+  int64_t sample_stride;
+  int64_t view_stride;
+  int64_t element_stride;
+
+  T* row(int64_t r) const {
+    return data + (r % samples) * sample_stride + (r / samples) * view_stride;
+  }
+};
+
+template <typename T>
+StridedRows<T> view_major_rows(T* data, const at::Tensor& t) {  // t: [N, V, D]
+  return {data, t.size(0), t.stride(0), t.stride(1), t.stride(2)};
+}
+
+template <typename T>
+StridedRows<T> plain_rows(T* data, const at::Tensor& t) {  // t: [M, D]
+  return {data, t.size(0), t.stride(0), 0, t.stride(1)};
+}
+
+// z[r] ← source row r in acc_t, divided by max(‖row‖, ε) when `normalize`; norms[r] ← ‖row‖.
+template <typename scalar_t, typename acc_t>
+void load_rows(StridedRows<const scalar_t> source, int64_t count, int64_t dim, bool normalize,
+               acc_t* z, acc_t* norms) {
+  at::parallel_for(0, count, row_grain(dim), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const scalar_t* in = source.row(r);
+      acc_t* out = z + r * dim;
+      acc_t squares = 0;
+      for (int64_t j = 0; j < dim; ++j) {
+        out[j] = static_cast<acc_t>(in[j * source.element_stride]);
+        squares += out[j] * out[j];
+      }
+      norms[r] = std::sqrt(squares);
+      if (normalize) {
+        const acc_t denominator = std::max(norms[r], static_cast<acc_t>(kNormEps));
+        for (int64_t j = 0; j < dim; ++j) {
+          out[j] /= denominator;
+        }
+      }
+    }
+  });
+}
+
+// dL/dx of row r from dL/dz (z = x / max(‖x‖, ε) when `normalize`, F.normalize's backward:
+// (g − z·⟨z, g⟩) / ‖x‖ above ε, g / ε at or below it), converted to scalar_t.
+template <typename scalar_t, typename acc_t>
+void store_input_grad(const acc_t* grad_z, const acc_t* z, const acc_t* norms, int64_t count,
+                      int64_t dim, bool normalize, StridedRows<scalar_t> target) {
+  at::parallel_for(0, count, row_grain(dim), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const acc_t* g = grad_z + r * dim;
+      const acc_t* unit = z + r * dim;
+      scalar_t* out = target.row(r);
+      acc_t radial = 0;
+      acc_t inverse = 1;
+      if (normalize && norms[r] > static_cast<acc_t>(kNormEps)) {
+        for (int64_t j = 0; j < dim; ++j) {
+          radial += unit[j] * g[j];
+        }
+        inverse = acc_t(1) / norms[r];
+      } else if (normalize) {
+        inverse = acc_t(1) / static_cast<acc_t>(kNormEps);
+      }
+      for (int64_t j = 0; j < dim; ++j) {
+        out[j * target.element_stride] = static_cast<scalar_t>((g[j] - unit[j] * radial) * inverse);
+      }
+    }
+  });
+}
+
+// ---- the problem ---------------------------------------------------------------------------
+
+struct Span {
+  int64_t begin;
+  int64_t size;
+};
+
+// Rows [begin, end) cut into tiles of `tile` rows (the last one shorter).
+struct Tiling {
+  int64_t begin;
+  int64_t end;
+  int64_t tile;
+
+  int64_t count() const { return (end - begin + tile - 1) / tile; }
+  Span span(int64_t index) const {
+    const int64_t first = begin + index * tile;
+    return {first, std::min(tile, end - first)};
+  }
+};
+
+// Everything both passes derive from the inputs: the rows, their classes and the tiling.
+struct Problem {
+  int64_t samples;     // N
+  int64_t views;       // V
+  int64_t rows;        // R = V·N contrast rows
+  int64_t anchors;     // A
+  int64_t columns;     // C = R + M
+  double temperature;  // T
+  double scale;        // k = T / T_base
+  at::Tensor z;           // [C, D] compute dtype: contrast rows, then negatives (unit if normalize)
+  at::Tensor norms;       // [C] their norms before normalisation
+  at::Tensor row_class;   // [R] int64 dense class id of each contrast row
+  at::Tensor positives;   // [A] compute dtype |P_a|
+  at::Tensor class_sums;  // [K, D] S[y]
+  Tiling anchor_tiles;    // [0, A)
+  Tiling other_tiles;     // [A, C)
+  bool parallel;          // whether the tasks of a round run in parallel
+};
+
+// Dense class ids of the samples ([N] int64) and their number.
+std::tuple<at::Tensor, int64_t> sample_classes(const std::optional<at::Tensor>& labels,
+                                               int64_t samples, const at::TensorOptions& options) {
+  if (!labels.has_value()) {
+    return {at::arange(samples, options.dtype(at::kLong)), samples};
+  }
+  const auto [values, inverse] = at::_unique(*labels, /*sorted=*/true, /*return_inverse=*/true);
+  return {inverse.to(at::kLong), values.size(0)};
+}
+
+// Square tiles of kMaxTile rows, smaller (down to kMinTile) when there are too few anchors to
+// give every thread a task in each round; serial work takes the anchors in one tile if it can.
+int64_t tile_rows(int64_t anchors, bool parallel) {
+  if (!parallel) {
+    return std::clamp<int64_t>(anchors, 1, kSerialTile);
+  }
+  const int64_t threads = at::get_num_threads();
+  const int64_t per_thread = (anchors + 2 * threads - 1) / (2 * threads);
+  return std::clamp<int64_t>((per_thread + 15) / 16 * 16, kMinTile, kMaxTile);
+}
+
+Problem make_problem(const at::Tensor& features, const std::optional<at::Tensor>& labels,
+                     const std::optional<at::Tensor>& negatives, double temperature,
+                     double base_temperature, const std::string& contrast_mode,
+                     bool normalize) {
+  Problem p;
+  p.samples = features.size(0);
+  p.views = features.size(1);
+  const int64_t dim = features.size(2);
+  p.rows = p.samples * p.views;
+  p.anchors = contrast_mode == "all" ? p.rows : p.samples;
+  p.columns = p.rows + (negatives.has_value() ? negatives->size(0) : 0);
+  p.temperature = temperature;
+  p.scale = temperature / base_temperature;
+  const auto options = features.options().dtype(compute_dtype(features.scalar_type()));
+  p.z = at::empty({p.columns, dim}, options);
+  p.norms = at::empty({p.columns}, options);
+  AMC_DISPATCH_FLOATING(features.scalar_type(), kFwd, [&] {
+    using acc_t = acc_type<scalar_t>;
+    acc_t* z = p.z.mutable_data_ptr<acc_t>();
+    acc_t* norms = p.norms.mutable_data_ptr<acc_t>();
+    load_rows(view_major_rows(features.const_data_ptr<scalar_t>(), features), p.rows, dim,
+              normalize, z, norms);
+    if (negatives.has_value()) {
+      load_rows(plain_rows(negatives->const_data_ptr<scalar_t>(), *negatives),
+                p.columns - p.rows, dim, normalize, z + p.rows * dim, norms + p.rows);
+    }
+  });
+  const auto [sample_class, classes] = sample_classes(labels, p.samples, features.options());
+  p.row_class = sample_class.repeat({p.views});
+  const at::Tensor class_size = at::bincount(sample_class, {}, classes);
+  const at::Tensor anchor_class = p.row_class.narrow(0, 0, p.anchors);
+  p.positives = (class_size.index_select(0, anchor_class) * p.views - 1).to(options.dtype());
+  p.class_sums = at::zeros({classes, dim}, options)
+                     .index_add_(0, p.row_class, p.z.narrow(0, 0, p.rows));
+  p.parallel = p.anchors * p.columns * dim >= kParallelWork;
+  const int64_t tile = tile_rows(p.anchors, p.parallel);
+  p.anchor_tiles = {0, p.anchors, tile};
+  p.other_tiles = {p.anchors, p.columns, tile};
+  return p;
+}
+
+// ---- task schedule -------------------------------------------------------------------------
+
+struct TilePair {
+  int64_t first;   // an anchor tile
+  int64_t second;  // an anchor tile (symmetric tasks) or an other-column tile
+};
+
+using Round = std::vector<TilePair>;
+
+// Every anchor tile pair I ≤ J once, in rounds in which no tile appears twice: the diagonal
+// pairs, then the circle method (slot `cycle` fixed, the others rotating; a bye when odd).
+std::vector<Round> symmetric_rounds(int64_t tiles) {
+  std::vector<Round> rounds(1);
+  for (int64_t t = 0; t < tiles; ++t) {
+    rounds[0].push_back({t, t});
+  }
+  const int64_t slots = tiles + tiles % 2;
+  const int64_t cycle = slots - 1;
+  for (int64_t r = 0; r < cycle; ++r) {
+    Round round;
+    const auto add = [&](int64_t a, int64_t b) {
+      if (a < tiles && b < tiles) {
+        round.push_back({std::min(a, b), std::max(a, b)});
+      }
+    };
+    add(cycle, r);
+    for (int64_t k = 1; k < slots / 2; ++k) {
+      add((r + k) % cycle, (r - k + cycle) % cycle);
+    }
+    rounds.push_back(std::move(round));
+  }
+  return rounds;
+}
+
+// Every (anchor tile, other tile) pair once, in rounds in which no tile appears twice: round r
+// pairs anchor tile i with other tile (i + r) mod P, when it exists, P the longer tile count.
+std::vector<Round> one_sided_rounds(int64_t anchor_tiles, int64_t other_tiles) {
+  const int64_t period = std::max(anchor_tiles, other_tiles);
+  std::vector<Round> rounds;
+  for (int64_t r = 0; anchor_tiles > 0 && other_tiles > 0 && r < period; ++r) {
+    Round round;
+    for (int64_t i = 0; i < anchor_tiles; ++i) {
+      const int64_t k = (i + r) % period;
+      if (k < other_tiles) {
+        round.push_back({i, k});
+      }
+    }
+    rounds.push_back(std::move(round));
+  }
+  return rounds;
+}
+
+// The scratch of one thread: a tile of logits and the per-row and per-column maxima and sums.
+template <typename acc_t>
+struct Scratch {
+  at::Tensor buffer;
+  std::vector<acc_t> row_max;
+  std::vector<acc_t> column_max;
+  std::vector<acc_t> column_sum;
+
+  Scratch(int64_t tile, const at::TensorOptions& options)
+      : buffer(at::empty({tile * tile}, options)),
+        row_max(tile),
+        column_max(tile),
+        column_sum(tile) {}
+};
+
+// Runs task(pair, scratch) for every pair: the rounds one after the other, the pairs of a round
+// in parallel (or on this thread when the problem is small).
+template <typename acc_t, typename Task>
+void run_rounds(const std::vector<Round>& rounds, const Problem& p, const Task& task) {
+  const int64_t tile = p.anchor_tiles.tile;
+  for (const Round& round : rounds) {
+    const int64_t tasks = static_cast<int64_t>(round.size());
+    at::parallel_for(0, tasks, p.parallel ? 1 : tasks, [&](int64_t begin, int64_t end) {
+      Scratch<acc_t> scratch(tile, p.z.options());
+      for (int64_t p = begin; p < end; ++p) {
+        task(round[p], scratch);
+      }
+    });
+  }
+}
+
+// L = Z[rows]·Z[cols]ᵀ / T as a contiguous rows.size × cols.size matrix in the scratch buffer.
+at::Tensor logit_tile(const Problem& p, Span rows, Span cols, at::Tensor& buffer) {
+  at::Tensor tile = buffer.narrow(0, 0, rows.size * cols.size).view({rows.size, cols.size});
+  at::addmm_out(tile, tile, p.z.narrow(0, rows.begin, rows.size),
+                p.z.narrow(0, cols.begin, cols.size).t(), /*beta=*/0, 1.0 / p.temperature);
+  return tile;
+}
+
+// The first column of row i that a tile pair uses: past the diagonal for a tile with itself.
+int64_t first_column(TilePair pair, int64_t i) { return pair.first == pair.second ? i + 1 : 0; }
+
+// ---- forward: online log-sum-exp -----------------------------------------------------------
+
+// max_j row[j] (−inf for an empty row); column_max[j] ← max(column_max[j], row[j]).
+template <typename acc_t>
+SUPCON_SIMD_CLONES acc_t row_max_and_column_max(const acc_t* row, acc_t* column_max, int64_t n) {
+  acc_t top = -std::numeric_limits<acc_t>::infinity();
+#pragma omp simd reduction(max : top)
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t v = row[j];
+    top = v > top ? v : top;
+    column_max[j] = v > column_max[j] ? v : column_max[j];
+  }
+  return top;
+}
+
+template <typename acc_t>
+SUPCON_SIMD_CLONES acc_t row_max(const acc_t* row, int64_t n) {
+  acc_t top = -std::numeric_limits<acc_t>::infinity();
+#pragma omp simd reduction(max : top)
+  for (int64_t j = 0; j < n; ++j) {
+    top = row[j] > top ? row[j] : top;
+  }
+  return top;
+}
+
+// Σ_j exp(row[j] − shift); column_sum[j] += exp(row[j] − column_shift[j]).
+template <typename acc_t>
+SUPCON_SIMD_CLONES acc_t row_and_column_exp_sums(const acc_t* row, acc_t shift,
+                                                 const acc_t* column_shift, acc_t* column_sum,
+                                                 int64_t n) {
+  acc_t total = 0;
+#pragma omp simd reduction(+ : total)
+  for (int64_t j = 0; j < n; ++j) {
+    total += simd_exp(row[j] - shift);
+    column_sum[j] += simd_exp(row[j] - column_shift[j]);
+  }
+  return total;
+}
+
+template <typename acc_t>
+SUPCON_SIMD_CLONES acc_t row_exp_sum(const acc_t* row, acc_t shift, int64_t n) {
+  acc_t total = 0;
+#pragma omp simd reduction(+ : total)
+  for (int64_t j = 0; j < n; ++j) {
+    total += simd_exp(row[j] - shift);
+  }
+  return total;
+}
+
+// Merges every row of a one-sided tile into the states of its rows.
+template <typename acc_t>
+void merge_rows(const acc_t* tile, Span rows, int64_t cols, OnlineLogSumExp<acc_t>* states) {
+  for (int64_t i = 0; i < rows.size; ++i) {
+    const acc_t* row = tile + i * cols;
+    const acc_t top = row_max(row, cols);
+    states[rows.begin + i].merge({top, row_exp_sum(row, top, cols)});
+  }
+}
+
+// Merges the rows of a symmetric tile into the states of its rows, and its columns into the
+// states of its columns (a diagonal tile: its strict upper triangle). An empty row or column
+// segment merges (−inf, 0), which changes nothing.
+template <typename acc_t>
+void merge_rows_and_columns(const acc_t* tile, TilePair pair, Span rows, Span cols,
+                            Scratch<acc_t>& scratch, OnlineLogSumExp<acc_t>* states) {
+  acc_t* top = scratch.row_max.data();
+  acc_t* column_max = scratch.column_max.data();
+  acc_t* column_sum = scratch.column_sum.data();
+  std::fill(column_max, column_max + cols.size, -std::numeric_limits<acc_t>::infinity());
+  std::fill(column_sum, column_sum + cols.size, acc_t(0));
+  for (int64_t i = 0; i < rows.size; ++i) {
+    const int64_t first = first_column(pair, i);
+    top[i] = row_max_and_column_max(tile + i * cols.size + first, column_max + first,
+                                    cols.size - first);
+  }
+  for (int64_t i = 0; i < rows.size; ++i) {
+    const int64_t first = first_column(pair, i);
+    const acc_t sum = row_and_column_exp_sums(tile + i * cols.size + first, top[i],
+                                              column_max + first, column_sum + first,
+                                              cols.size - first);
+    states[rows.begin + i].merge({top[i], sum});
+  }
+  for (int64_t j = 0; j < cols.size; ++j) {
+    states[cols.begin + j].merge({column_max[j], column_sum[j]});
+  }
+}
+
+// lse_a = log Σ_{c ≠ a} exp(l_ac), [A] (−inf for an anchor that is the only row).
+template <typename acc_t>
+at::Tensor anchor_log_sum_exp(const Problem& p) {
+  std::vector<OnlineLogSumExp<acc_t>> states(p.anchors, OnlineLogSumExp<acc_t>::empty());
+  OnlineLogSumExp<acc_t>* state = states.data();
+  const auto symmetric = [&](TilePair pair, Scratch<acc_t>& scratch) {
+    const Span rows = p.anchor_tiles.span(pair.first);
+    const Span cols = p.anchor_tiles.span(pair.second);
+    const at::Tensor logits = logit_tile(p, rows, cols, scratch.buffer);
+    merge_rows_and_columns(logits.const_data_ptr<acc_t>(), pair, rows, cols, scratch, state);
+  };
+  const auto one_sided = [&](TilePair pair, Scratch<acc_t>& scratch) {
+    const Span rows = p.anchor_tiles.span(pair.first);
+    const Span cols = p.other_tiles.span(pair.second);
+    const at::Tensor logits = logit_tile(p, rows, cols, scratch.buffer);
+    merge_rows(logits.const_data_ptr<acc_t>(), rows, cols.size, state);
+  };
+  run_rounds<acc_t>(symmetric_rounds(p.anchor_tiles.count()), p, symmetric);
+  run_rounds<acc_t>(one_sided_rounds(p.anchor_tiles.count(), p.other_tiles.count()), p, one_sided);
+  at::Tensor lse = at::empty({p.anchors}, p.z.options());
+  acc_t* out = lse.mutable_data_ptr<acc_t>();
+  for (int64_t a = 0; a < p.anchors; ++a) {
+    out[a] = states[a].value();
+  }
+  return lse;
+}
+
+// ---- backward: softmax part ----------------------------------------------------------------
+
+// row[j] ← coef·exp(row[j] − shift) + column_coef[j]·exp(row[j] − column_shift[j]).
+template <typename acc_t>
+SUPCON_SIMD_CLONES void symmetric_grad_row(acc_t* row, acc_t coef, acc_t shift,
+                                           const acc_t* column_coef, const acc_t* column_shift,
+                                           int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    const acc_t v = row[j];
+    row[j] = coef * simd_exp(v - shift) + column_coef[j] * simd_exp(v - column_shift[j]);
+  }
+}
+
+// row[j] ← coef·exp(row[j] − shift).
+template <typename acc_t>
+SUPCON_SIMD_CLONES void anchor_grad_row(acc_t* row, acc_t coef, acc_t shift, int64_t n) {
+#pragma omp simd
+  for (int64_t j = 0; j < n; ++j) {
+    row[j] = coef * simd_exp(row[j] - shift);
+  }
+}
+
+// g ← U + Uᵀ for the strict upper triangle U of the n × n matrix g: zero diagonal, lower
+// triangle mirrored from the upper one.
+template <typename acc_t>
+void mirror_upper_triangle(acc_t* g, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    g[i * n + i] = 0;
+    for (int64_t j = i + 1; j < n; ++j) {
+      g[j * n + i] = g[i * n + j];
+    }
+  }
+}
+
+// dZ += the softmax part of dL/dZ: Σ_{a, c ≠ a} coef_a·p_ac·(z_c on row a, z_a on row c), with
+// coef_a = k·w_a/T for anchors with positives and 0 otherwise; shift_a = lse_a (+inf where
+// coef_a = 0, so that exp gives 0 and never meets a −inf lse).
+template <typename acc_t>
+void add_softmax_grad(const Problem& p, const acc_t* coef, const acc_t* shift, at::Tensor& grad_z) {
+  const auto symmetric = [&](TilePair pair, Scratch<acc_t>& scratch) {
+    const Span rows = p.anchor_tiles.span(pair.first);
+    const Span cols = p.anchor_tiles.span(pair.second);
+    at::Tensor g = logit_tile(p, rows, cols, scratch.buffer);
+    acc_t* values = g.mutable_data_ptr<acc_t>();
+    for (int64_t i = 0; i < rows.size; ++i) {
+      const int64_t first = first_column(pair, i);
+      symmetric_grad_row(values + i * cols.size + first, coef[rows.begin + i],
+                         shift[rows.begin + i], coef + cols.begin + first,
+                         shift + cols.begin + first, cols.size - first);
+    }
+    const at::Tensor z_rows = p.z.narrow(0, rows.begin, rows.size);
+    if (pair.first == pair.second) {  // G symmetric: one product covers both sides
+      mirror_upper_triangle(values, rows.size);
+      grad_z.narrow(0, rows.begin, rows.size).addmm_(g, z_rows);
+    } else {
+      grad_z.narrow(0, rows.begin, rows.size).addmm_(g, p.z.narrow(0, cols.begin, cols.size));
+      grad_z.narrow(0, cols.begin, cols.size).addmm_(g.t(), z_rows);
+    }
+  };
+  const auto one_sided = [&](TilePair pair, Scratch<acc_t>& scratch) {
+    const Span rows = p.anchor_tiles.span(pair.first);
+    const Span cols = p.other_tiles.span(pair.second);
+    at::Tensor g = logit_tile(p, rows, cols, scratch.buffer);
+    acc_t* values = g.mutable_data_ptr<acc_t>();
+    for (int64_t i = 0; i < rows.size; ++i) {
+      anchor_grad_row(values + i * cols.size, coef[rows.begin + i], shift[rows.begin + i],
+                      cols.size);
+    }
+    grad_z.narrow(0, rows.begin, rows.size).addmm_(g, p.z.narrow(0, cols.begin, cols.size));
+    grad_z.narrow(0, cols.begin, cols.size).addmm_(g.t(), p.z.narrow(0, rows.begin, rows.size));
+  };
+  run_rounds<acc_t>(symmetric_rounds(p.anchor_tiles.count()), p, symmetric);
+  run_rounds<acc_t>(one_sided_rounds(p.anchor_tiles.count(), p.other_tiles.count()), p, one_sided);
+}
+
+// ---- the positives through class sums -----------------------------------------------------
+
+// ⟨z_a, S[y_a] − z_a⟩ / T for every anchor, [A].
+at::Tensor positive_logit_sums(const Problem& p) {
+  const at::Tensor anchors = p.z.narrow(0, 0, p.anchors);
+  const at::Tensor others = p.class_sums.index_select(0, p.row_class.narrow(0, 0, p.anchors));
+  return ((others - anchors) * anchors).sum(1) / p.temperature;
+}
+
+// dZ −= Σ_a β_a Σ_{c ∈ P_a} (z_c on row a, z_a on row c), β_a = coef_a / |P_a|:
+// row a gets β_a·(S[y_a] − z_a); contrast row c gets Q[y_c] − β_c·z_c, Q[y] = Σ_{y_a = y} β_a z_a.
+void subtract_positive_grad(const Problem& p, const at::Tensor& coef, at::Tensor& grad_z) {
+  const at::Tensor anchors = p.z.narrow(0, 0, p.anchors);
+  const at::Tensor anchor_class = p.row_class.narrow(0, 0, p.anchors);
+  const at::Tensor beta = (coef / p.positives.clamp_min(1)).unsqueeze(1);
+  const at::Tensor weighted = at::zeros_like(p.class_sums).index_add_(0, anchor_class, beta * anchors);
+  grad_z.narrow(0, 0, p.anchors).sub_(beta * (p.class_sums.index_select(0, anchor_class) - 2 * anchors));
+  grad_z.narrow(0, 0, p.rows).sub_(weighted.index_select(0, p.row_class));
+}
+
+// ---- entry points --------------------------------------------------------------------------
+
+at::Tensor reduce(const at::Tensor& per_anchor, const std::string& reduction) {
+  if (reduction == "none") {
+    return per_anchor;
+  }
+  if (reduction == "sum" || per_anchor.numel() == 0) {
+    return per_anchor.sum();
+  }
+  return per_anchor.mean();
+}
+
+std::tuple<at::Tensor, at::Tensor> supcon_loss_fwd_cpu(
+    const at::Tensor& features, const std::optional<at::Tensor>& labels,
+    const std::optional<at::Tensor>& negatives, double temperature, double base_temperature,
+    std::string contrast_mode, bool normalize, std::string reduction) {
+  check_inputs(kFwd, features, labels, negatives, temperature, base_temperature, contrast_mode,
+               reduction);
+  const Problem p = make_problem(features, labels, negatives, temperature, base_temperature,
+                                 contrast_mode, normalize);
+  at::Tensor lse;
+  AT_DISPATCH_FLOATING_TYPES(p.z.scalar_type(), kFwd, [&] { lse = anchor_log_sum_exp<scalar_t>(p); });
+  const at::Tensor mean_positive = positive_logit_sums(p) / p.positives.clamp_min(1);
+  const at::Tensor per_anchor =
+      at::where(p.positives > 0, -p.scale * (mean_positive - lse), at::zeros_like(lse));
+  return {reduce(per_anchor, reduction), lse};
+}
+
+// w_a: the upstream gradient of each anchor's loss, [A].
+at::Tensor anchor_weights(const at::Tensor& grad, int64_t anchors, const std::string& reduction,
+                          at::ScalarType dtype) {
+  const at::Tensor g = grad.to(dtype);
+  if (reduction == "none") {
+    return g.contiguous();
+  }
+  const double divisor = reduction == "mean" ? static_cast<double>(std::max<int64_t>(anchors, 1)) : 1.0;
+  return (g / divisor).expand({anchors}).contiguous();
+}
+
+std::tuple<at::Tensor, at::Tensor> supcon_loss_bwd_cpu(
+    const at::Tensor& grad, const at::Tensor& features, const std::optional<at::Tensor>& labels,
+    const std::optional<at::Tensor>& negatives, const at::Tensor& lse, double temperature,
+    double base_temperature, std::string contrast_mode, bool normalize, std::string reduction) {
+  check_inputs(kBwd, features, labels, negatives, temperature, base_temperature, contrast_mode,
+               reduction);
+  const Problem p = make_problem(features, labels, negatives, temperature, base_temperature,
+                                 contrast_mode, normalize);
+  const auto dtype = p.z.scalar_type();
+  AMC_CHECK(lse.dim() == 1 && lse.size(0) == p.anchors && lse.scalar_type() == dtype, kBwd,
+            "lse must be the [", p.anchors, "] ", dtype, " statistics of supcon_loss_fwd, got ",
+            lse.sizes(), " ", lse.scalar_type());
+  const at::Tensor with_positives = p.positives > 0;
+  const at::Tensor coef = at::where(
+      with_positives, anchor_weights(grad, p.anchors, reduction, dtype) * (p.scale / temperature),
+      at::zeros_like(lse));
+  const at::Tensor shift =
+      at::where(coef != 0, lse, at::full_like(lse, std::numeric_limits<double>::infinity()));
+  at::Tensor grad_z = at::zeros_like(p.z);
+  AT_DISPATCH_FLOATING_TYPES(dtype, kBwd, [&] {
+    add_softmax_grad<scalar_t>(p, coef.contiguous().const_data_ptr<scalar_t>(),
+                               shift.contiguous().const_data_ptr<scalar_t>(), grad_z);
+  });
+  subtract_positive_grad(p, coef, grad_z);
+
+  at::Tensor grad_features = at::empty(features.sizes(), features.options());
+  at::Tensor grad_negatives =
+      negatives.has_value() ? at::empty(negatives->sizes(), negatives->options())
+                            : at::empty({0}, features.options());
+  const int64_t dim = features.size(2);
+  AMC_DISPATCH_FLOATING(features.scalar_type(), kBwd, [&] {
+    using acc_t = acc_type<scalar_t>;
+    const acc_t* gz = grad_z.const_data_ptr<acc_t>();
+    const acc_t* z = p.z.const_data_ptr<acc_t>();
+    const acc_t* norms = p.norms.const_data_ptr<acc_t>();
+    store_input_grad(gz, z, norms, p.rows, dim, normalize,
+                     view_major_rows(grad_features.mutable_data_ptr<scalar_t>(), grad_features));
+    if (negatives.has_value()) {
+      store_input_grad(gz + p.rows * dim, z + p.rows * dim, norms + p.rows, p.columns - p.rows,
+                       dim, normalize,
+                       plain_rows(grad_negatives.mutable_data_ptr<scalar_t>(), grad_negatives));
+    }
+  });
+  return {grad_features, grad_negatives};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(amc_kernels, CPU, m) {
+  m.impl("supcon_loss_fwd", &supcon_loss_fwd_cpu);
+  m.impl("supcon_loss_bwd", &supcon_loss_bwd_cpu);
+}
+
+}  // namespace amc_kernels::cpu
