@@ -190,6 +190,10 @@ class Case:
     def seed_key(self) -> str:  # the same inputs for every provider of a size
         return f"{self.op}/{self.variant}/{self.n}/{self.d}/{self.dtype}"
 
+    @property
+    def line(self) -> tuple[str, str, str, int, str]:  # the cases that differ only in size
+        return self.op, self.variant, self.dtype, self.d, self.provider
+
 
 @dataclass(frozen=True)
 class ModeResult:
@@ -673,6 +677,17 @@ def _stop_reason(results: Sequence[ModeResult], max_ms: float) -> str:
     return ""
 
 
+def _progress(bench: OpBench, case: Case, outcome: Outcome, began: float) -> str:
+    times = ", ".join(
+        f"{r.mode} {_results.format_ms(r.median_ms)} ms" if r.median_ms else f"{r.mode} {r.status}"
+        for r in outcome.results
+    )
+    return (
+        f"{case.op} {case.variant} {bench.n_name}={case.n} {bench.d_name}={case.d} "
+        f"{case.dtype} {case.provider}: {times} ({time.monotonic() - began:.1f} s)"
+    )
+
+
 def _say(text: str, quiet: bool) -> None:
     if not quiet:
         print(text, file=sys.stderr, flush=True)
@@ -699,10 +714,12 @@ def run(
         runner = ForkedCases(_preload(benches, todo), plan.case_timeout)
     rows: list[dict[str, object]] = []
     stopped: set[tuple] = set()  # (op, variant, dtype, d, provider) that stop growing
+    largest: dict[tuple, int] = {}
+    for _, case in todo:
+        largest[case.line] = max(largest.get(case.line, 0), case.n)
     started, over_budget = time.monotonic(), 0
     for index, (bench, case) in enumerate(todo, 1):
-        line = (case.op, case.variant, case.dtype, case.d, case.provider)
-        if line in stopped:
+        if case.line in stopped:
             continue
         if plan.time_budget is not None and time.monotonic() - started > plan.time_budget:
             over_budget += 1
@@ -722,23 +739,12 @@ def run(
         if csv is not None and new:
             _results.append_rows(csv, new)
         reason = _stop_reason(outcome.results, plan.max_ms)
-        if reason:
-            stopped.add(line)
+        if reason and case.n < largest[case.line]:
+            stopped.add(case.line)
             notes.add(
                 f"{case.provider} stopped growing at {bench.n_name}={case.n}: {reason}", case.op
             )
-        summary = ", ".join(
-            f"{r.mode} {_results.format_ms(r.median_ms)} ms"
-            if r.status == "ok"
-            else f"{r.mode} {r.status}"
-            for r in outcome.results
-        )
-        _say(
-            f"[{index}/{len(todo)}] {case.op} {case.variant} {bench.n_name}={case.n} "
-            f"{bench.d_name}={case.d} {case.dtype} {case.provider}: {summary} "
-            f"({time.monotonic() - began:.1f} s)",
-            quiet,
-        )
+        _say(f"[{index}/{len(todo)}] {_progress(bench, case, outcome, began)}", quiet)
     _results.print_results(rows)
     if notes.ops:
         print("\nnot measured:")

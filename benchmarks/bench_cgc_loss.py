@@ -45,7 +45,7 @@ BENCH = OpBench(
     work=work,
     quick=Sweep((16, 32), (7,)),
     cpu=Sweep((16, 32, 64), (7,)),
-    cuda=Sweep((32, 128, 512), (7, 14), ("float32", "bfloat16")),
+    cuda=Sweep((32, 128, 512), (7, 14), ("bfloat16", "float32")),
     no_compile="the reference loops over the batch in Python (crops.tolist()), which "
     "torch.compile unrolls into minutes of compilation",
 )

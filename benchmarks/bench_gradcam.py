@@ -106,7 +106,7 @@ BENCH = OpBench(
     work=work,
     quick=Sweep((32, 128), (512,)),
     cpu=Sweep((32, 64, 128, 256), (512,)),
-    cuda=Sweep((32, 128, 512, 2048), (512, 2048), ("float32", "bfloat16")),
+    cuda=Sweep((32, 128, 512, 2048), (512, 2048), ("bfloat16", "float32")),
 )
 
 if __name__ == "__main__":

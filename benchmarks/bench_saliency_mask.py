@@ -43,7 +43,7 @@ BENCH = OpBench(
     work=work,
     quick=Sweep((32, 128), (224,)),
     cpu=Sweep((32, 64, 128, 256), (224,)),
-    cuda=Sweep((32, 128, 512, 2048), (224,), ("float32", "bfloat16")),
+    cuda=Sweep((32, 128, 512, 2048), (224,), ("bfloat16", "float32")),
     modes=("forward",),
 )
 

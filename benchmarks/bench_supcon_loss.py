@@ -82,7 +82,7 @@ BENCH = OpBench(
     work=work,
     quick=Sweep((128, 512), (128,)),
     cpu=Sweep((256, 512, 1024, 2048), (128, 512), compile_dims=(128,)),
-    cuda=Sweep((256, 1024, 4096, 16384, 32768, 65536), (128, 512), ("float32", "bfloat16")),
+    cuda=Sweep((256, 1024, 4096, 16384, 32768, 65536), (128, 512), ("bfloat16", "float32")),
 )
 
 if __name__ == "__main__":

@@ -132,8 +132,8 @@ def test_every_accepted_backend_becomes_a_provider(fake_cpp_kernel: None) -> Non
 
 
 def test_a_refused_backend_is_recorded_not_raised() -> None:
-    (result,) = _harness.measure(tiny_case("cpp"), 0.01).results
-    assert result.status == "refused" and "cpp" in result.note
+    (result,) = _harness.measure(tiny_case("cuda"), 0.01).results  # CPU tensors: always refused
+    assert result.status == "refused" and "cuda" in result.note
 
 
 def test_a_missing_peer_is_skipped_with_a_note() -> None:
