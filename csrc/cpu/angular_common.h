@@ -48,6 +48,9 @@ struct TilePair {
   int64_t second;
 };
 
+// Every tile pair I ≤ J once.
+std::vector<TilePair> tile_pairs(int64_t tiles);
+
 // Every tile pair I ≤ J once, in rounds where no tile appears twice: the diagonal pairs, then
 // the circle method (slot `slots − 1` fixed, the others rotating; a bye slot when `tiles` is odd).
 std::vector<std::vector<TilePair>> tile_pair_rounds(int64_t tiles);

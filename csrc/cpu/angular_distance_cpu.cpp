@@ -12,10 +12,11 @@
 //   own rows of dx̂ and Gᵀ x̂_I to a private dŷ; the private dŷ are summed at the end
 //   (O(threads·M·D)).
 // Mapping with y = None: θ is symmetric, so only the square tile pairs I ≤ J are computed (half
-//   the GEMMs), in the round-robin rounds of for_each_tile_pair. Forward: one GEMM and arccos per
-//   pair, written to θ_IJ and, transposed, to θ_JI. Backward: dx̂ = (G + Gᵀ) x̂; per pair
-//   H = dθ/dc(C_IJ) ⊙ (grad_IJ + grad_JIᵀ), then dx̂_I += H x̂_J and dx̂_J += Hᵀ x̂_I (race-free:
-//   no tile twice in a round; O(N·D)). grad_y is empty.
+//   the GEMMs). Forward: the threads claim the pairs in turn; one GEMM and arccos per pair,
+//   written to θ_IJ and, transposed, to θ_JI. Backward, in the round-robin rounds of
+//   for_each_tile_pair: dx̂ = (G + Gᵀ) x̂; per pair H = dθ/dc(C_IJ) ⊙ (grad_IJ + grad_JIᵀ), then
+//   dx̂_I += H x̂_J and dx̂_J += Hᵀ x̂_I (race-free: no tile twice in a round; O(N·D)). grad_y is
+//   empty.
 // Accumulation: fp32 (fp64 for fp64 inputs); θ and the gradients are cast to x's dtype.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -25,6 +26,7 @@
 #include <optional>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "amc_kernels/checks.h"
 #include "amc_kernels/dispatch.h"
@@ -155,7 +157,11 @@ void self_forward_tiles(const at::Tensor& unit, at::Tensor& out) {
       transpose_block(values, ld, r.size, c.size, out_data + c.begin * n + r.begin, n);
     }
   };
-  for_each_tile_pair(tile_count(n, tile), tile, 1, unit.options(), task);
+  // Each pair writes only its own blocks θ_IJ and θ_JI: no rounds needed.
+  const std::vector<TilePair> pairs = tile_pairs(tile_count(n, tile));
+  const auto make_scratch = [&] { return at::empty({1, tile, tile}, unit.options()); };
+  parallel_claim(static_cast<int64_t>(pairs.size()), make_scratch,
+                 [&](int64_t p, const at::Tensor& scratch) { task(pairs[p], scratch); });
 }
 
 // y = None: dx̂ (zero-initialised, [N, D]) += (G + Gᵀ) x̂, one cosine GEMM per tile pair I ≤ J.
