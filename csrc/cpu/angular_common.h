@@ -57,8 +57,8 @@ int64_t pair_tile_rows(int64_t n);
 
 // Runs task(i, scratch) for every i in [0, count) on the at::parallel_for threads, each thread
 // claiming the next i when it is free: a slow or preempted thread holds the others up by one
-// task at most. For tasks that write disjoint outputs. Each thread has its own
-// scratch = make_scratch().
+// task at most. For tasks that write disjoint outputs. Each thread has its own scratch, from
+// make_scratch().
 template <typename MakeScratch, typename Task>
 void parallel_claim(int64_t count, const MakeScratch& make_scratch, const Task& task) {
   std::atomic<int64_t> next{0};
@@ -78,9 +78,10 @@ inline int64_t tile_pair_chunks(int64_t tiles) {
 
 // Runs task(pair, chunk, scratch) for every tile pair, the pairs cut into tile_pair_chunks(tiles)
 // contiguous runs, one per thread, in one parallel region. A task writes only to its chunk's
-// accumulators (summed by the caller in chunk order): race-free, and the result depends on the
-// thread count only. No barrier between pairs: on an oversubscribed machine each barrier can
-// cost a scheduler time slice. Each thread has its own scratch, `buffers` × tile × tile.
+// accumulators (the caller keeps tile_pair_chunks(tiles) of them and sums them in chunk order):
+// race-free, and the result depends on the thread count only. No barrier between pairs: on an
+// oversubscribed machine each barrier can cost a scheduler time slice. Each thread has its own
+// scratch, `buffers` × tile × tile.
 template <typename Task>
 void for_each_tile_pair(int64_t tiles, int64_t tile, int64_t buffers,
                         const at::TensorOptions& options, const Task& task) {
