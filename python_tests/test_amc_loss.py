@@ -531,8 +531,9 @@ def test_cpp_matches_reference(dtype: torch.dtype, n: int, pairs: str, reduction
 @needs_cpp
 @pytest.mark.parametrize("threads", [1, 3])
 def test_cpp_all_pairs_over_many_tiles(threads: int) -> None:
-    # The tile size follows the thread count: 1 thread → 2 tiles of 160 rows for N = 300; 3 → 5
-    # tiles of 64 (an odd count, so each round has a bye) with a partial last tile.
+    # The tiling follows the thread count: for N = 300, 1 thread → 2 tiles of 160 rows (3 tile
+    # pairs, one run); 3 threads → 5 tiles of 64 with a partial last one (15 pairs, 3 runs with
+    # their own accumulators).
     previous = torch.get_num_threads()
     torch.set_num_threads(threads)
     try:

@@ -5,14 +5,13 @@
 // pairs="all": the N×N matrix is never held. The unit rows are cut into square tiles; each tile
 //   pair I ≤ J of the symmetric cosine matrix (strictly upper within a diagonal tile) is one task:
 //   one BLAS GEMM of the cosine tile, then a vectorised epilogue adding every ℓ_ij to the anchor
-//   sums R_i and R_j. Tasks run in rounds of a round-robin tournament, in which no tile appears
-//   twice, so the tasks of a round (claimed by the threads in turn) write disjoint rows:
-//   race-free, with O(N) statistics, and deterministic for a given thread count (the tile size
-//   follows it). Loss: Σ_{i<j} ℓ_ij = ΣR/2
-//   ("sum"), divided by N(N−1)/2 ("mean"), or r_i = R_i/(N−1) ("none").
-//   The backward recomputes every tile in the same rounds, turns it into
-//   G_ij = (u_i + u_j)·dℓ/dθ·dθ/dc in place (u: the upstream gradient per anchor) and adds
-//   G Z_J to dZ_I and Gᵀ Z_I to dZ_J (O(N·D)), then the backward of the normalisation.
+//   sums R_i and R_j. The pairs are cut into one contiguous run per thread (for_each_tile_pair),
+//   each with its own accumulators, summed at the end: race-free, O(threads·N) statistics, one
+//   parallel region, deterministic for a given thread count. Loss: Σ_{i<j} ℓ_ij = ΣR/2 ("sum"),
+//   divided by N(N−1)/2 ("mean"), or r_i = R_i/(N−1) ("none").
+//   The backward recomputes every tile, turns it into G_ij = (u_i + u_j)·dℓ/dθ·dθ/dc in place
+//   (u: the upstream gradient per anchor) and adds G Z_J to dZ_I and Gᵀ Z_I to dZ_J in its
+//   thread's accumulator (O(threads·N·D)), then the backward of the normalisation.
 // Accumulation: fp32 (fp64 for fp64 inputs); the loss is fp32 for fp16/bf16 features, and the
 //   gradient has the features' dtype.
 #include <ATen/ATen.h>
@@ -92,24 +91,26 @@ template <typename acc_t>
 at::Tensor all_pairs_anchor_sums(const at::Tensor& unit, const at::Tensor& ids, acc_t margin) {
   const int64_t n = unit.size(0);
   const int64_t tile = pair_tile_rows(n);
-  at::Tensor sums = at::zeros({n}, unit.options());
-  acc_t* sum_data = sums.mutable_data_ptr<acc_t>();
+  const int64_t tiles = tile_count(n, tile);
+  at::Tensor parts = at::zeros({tile_pair_chunks(tiles), n}, unit.options());
+  acc_t* part_data = parts.mutable_data_ptr<acc_t>();
   const int32_t* id_data = ids.const_data_ptr<int32_t>();
-  const auto task = [&](TilePair pair, const at::Tensor& scratch) {
+  const auto task = [&](TilePair pair, int64_t chunk, const at::Tensor& scratch) {
     const Span r = tile_span(pair.first, n, tile);
     const Span c = tile_span(pair.second, n, tile);
     at::Tensor cosines = scratch[0].narrow(0, 0, r.size).narrow(1, 0, c.size);
     cosine_tile(unit, r, unit, c, cosines);
     const acc_t* values = cosines.const_data_ptr<acc_t>();
+    acc_t* sums = part_data + chunk * n;
     for (int64_t i = 0; i < r.size; ++i) {
       const int64_t first = pair.first == pair.second ? i + 1 : 0;
-      sum_data[r.begin + i] +=
+      sums[r.begin + i] +=
           amc_loss_row(values + i * cosines.stride(0) + first, id_data + c.begin + first,
-                       id_data[r.begin + i], margin, sum_data + c.begin + first, c.size - first);
+                       id_data[r.begin + i], margin, sums + c.begin + first, c.size - first);
     }
   };
-  for_each_tile_pair(tile_count(n, tile), tile, 1, unit.options(), task);
-  return sums;
+  for_each_tile_pair(tiles, tile, 1, unit.options(), task);
+  return parts.sum(0);
 }
 
 // dL/dẑ, [N, D], for dL/dℓ_ij = u_i + u_j (i < j).
@@ -119,10 +120,11 @@ at::Tensor all_pairs_unit_grad(const at::Tensor& unit, const at::Tensor& ids,
                                bool clamp_grad_at_bounds) {
   const int64_t n = unit.size(0);
   const int64_t tile = pair_tile_rows(n);
-  at::Tensor unit_grad = at::zeros_like(unit);
+  const int64_t tiles = tile_count(n, tile);
+  at::Tensor parts = at::zeros({tile_pair_chunks(tiles), n, unit.size(1)}, unit.options());
   const int32_t* id_data = ids.const_data_ptr<int32_t>();
   const acc_t* weights = anchor_weights.const_data_ptr<acc_t>();
-  const auto task = [&](TilePair pair, const at::Tensor& scratch) {
+  const auto task = [&](TilePair pair, int64_t chunk, const at::Tensor& scratch) {
     const Span r = tile_span(pair.first, n, tile);
     const Span c = tile_span(pair.second, n, tile);
     at::Tensor g = scratch[0].narrow(0, 0, r.size).narrow(1, 0, c.size);
@@ -136,13 +138,12 @@ at::Tensor all_pairs_unit_grad(const at::Tensor& unit, const at::Tensor& ids,
                    id_data[r.begin + i], weights[r.begin + i], margin, clamp_grad_at_bounds,
                    c.size - first);
     }
-    const at::Tensor rows_unit = unit.narrow(0, r.begin, r.size);
-    const at::Tensor cols_unit = unit.narrow(0, c.begin, c.size);
-    unit_grad.narrow(0, r.begin, r.size).addmm_(g, cols_unit);
-    unit_grad.narrow(0, c.begin, c.size).addmm_(g.t(), rows_unit);
+    const at::Tensor part = parts.select(0, chunk);
+    part.narrow(0, r.begin, r.size).addmm_(g, unit.narrow(0, c.begin, c.size));
+    part.narrow(0, c.begin, c.size).addmm_(g.t(), unit.narrow(0, r.begin, r.size));
   };
-  for_each_tile_pair(tile_count(n, tile), tile, 1, unit.options(), task);
-  return unit_grad;
+  for_each_tile_pair(tiles, tile, 1, unit.options(), task);
+  return parts.sum(0);
 }
 
 // ---- pairs = "halves" ----------------------------------------------------------------------

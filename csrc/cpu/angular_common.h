@@ -1,6 +1,6 @@
-// CPU pieces shared by angular_distance and amc_loss: row spans for tiling, the round-robin
-// schedule of symmetric tile pairs, the row normalisation of F.normalize and its backward, the
-// cosine tile GEMM, and the macro that compiles a row loop once per SIMD width.
+// CPU pieces shared by angular_distance and amc_loss: row spans for tiling, the schedules of
+// tiles and of symmetric tile pairs over the threads, the row normalisation of F.normalize and
+// its backward, the cosine tile GEMM, and the macro that compiles a row loop per SIMD width.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -48,17 +48,17 @@ struct TilePair {
   int64_t second;
 };
 
-// Every tile pair I ≤ J once, in rounds where no tile appears twice: the diagonal pairs, then
-// the circle method (slot `slots − 1` fixed, the others rotating; a bye slot when `tiles` is odd).
-std::vector<std::vector<TilePair>> tile_pair_rounds(int64_t tiles);
+// Every tile pair I ≤ J once, row by row.
+std::vector<TilePair> tile_pairs(int64_t tiles);
 
 // Rows of the square tiles over N rows: 256, smaller (down to 64) when N is too small to give
-// every thread a task in each round.
+// every thread a few tile pairs.
 int64_t pair_tile_rows(int64_t n);
 
 // Runs task(i, scratch) for every i in [0, count) on the at::parallel_for threads, each thread
 // claiming the next i when it is free: a slow or preempted thread holds the others up by one
-// task at most. Each thread has its own scratch = make_scratch().
+// task at most. For tasks that write disjoint outputs. Each thread has its own scratch, from
+// make_scratch().
 template <typename MakeScratch, typename Task>
 void parallel_claim(int64_t count, const MakeScratch& make_scratch, const Task& task) {
   std::atomic<int64_t> next{0};
@@ -71,19 +71,31 @@ void parallel_claim(int64_t count, const MakeScratch& make_scratch, const Task& 
   });
 }
 
-// Runs task(pair, scratch) for every tile pair: the rounds one after the other, the pairs of a
-// round in parallel. A task may write the rows of both its tiles: the pairs of a round never
-// share one, so the result does not depend on which thread runs which pair. Each thread has its
-// own scratch, `buffers` × tile × tile of `options`.
+// How many chunks for_each_tile_pair splits `tiles` tiles' pairs into: one per thread.
+inline int64_t tile_pair_chunks(int64_t tiles) {
+  return std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), tiles * (tiles + 1) / 2));
+}
+
+// Runs task(pair, chunk, scratch) for every tile pair, the pairs cut into tile_pair_chunks(tiles)
+// contiguous runs, one per thread, in one parallel region. A task writes only to its chunk's
+// accumulators (the caller keeps tile_pair_chunks(tiles) of them and sums them in chunk order):
+// race-free, and the result depends on the thread count only. No barrier between pairs: on an
+// oversubscribed machine each barrier can cost a scheduler time slice. Each thread has its own
+// scratch, `buffers` × tile × tile.
 template <typename Task>
 void for_each_tile_pair(int64_t tiles, int64_t tile, int64_t buffers,
                         const at::TensorOptions& options, const Task& task) {
-  const auto make_scratch = [&] { return at::empty({buffers, tile, tile}, options); };
-  for (const std::vector<TilePair>& round : tile_pair_rounds(tiles)) {
-    parallel_claim(
-        static_cast<int64_t>(round.size()), make_scratch,
-        [&](int64_t p, const at::Tensor& scratch) { task(round[p], scratch); });
-  }
+  const std::vector<TilePair> pairs = tile_pairs(tiles);
+  const auto count = static_cast<int64_t>(pairs.size());
+  const int64_t chunks = tile_pair_chunks(tiles);
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    const at::Tensor scratch = at::empty({buffers, tile, tile}, options);
+    for (int64_t chunk = begin; chunk < end; ++chunk) {
+      for (int64_t p = chunk * count / chunks; p < (chunk + 1) * count / chunks; ++p) {
+        task(pairs[p], chunk, scratch);
+      }
+    }
+  });
 }
 
 // ---- unit rows -------------------------------------------------------------------------------

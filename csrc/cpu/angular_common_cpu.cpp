@@ -1,9 +1,9 @@
-// CPU pieces shared by angular_distance and amc_loss: the round-robin schedule of symmetric tile
-// pairs (see angular_common.h) and the row normalisation.
+// CPU pieces shared by angular_distance and amc_loss: the tile pairs of a symmetric matrix (see
+// angular_common.h for their schedules) and the row normalisation.
 // Normalisation: x̂_i = x_i / max(‖x_i‖, ε), ε = 1e-12 (F.normalize). The norms come from
 //   at::linalg_vector_norm, the call F.normalize makes, so the unit rows are bit-identical to the
 //   reference's: the cosine of two duplicate rows then falls on the same side of the arccos clamp.
-//   Backward: for ‖x‖ > ε, dx = (dx̂ − x̂⟨x̂, dx̂⟩) / ‖x‖; for ‖x‖ < ε, x̂ = x / ε and dx = dx̂ / ε.
+//   Backward: for ‖x‖ > ε, dx = (dx̂ − x̂⟨x̂, dx̂⟩) / ‖x‖; for ‖x‖ < ε, x̂ = x / ε, dx = dx̂ / ε.
 //   ‖x‖ = ε takes the first form where the running torch's clamp_min passes the gradient at its
 //   bound (older versions), the second where it does not (newer ones, pytorch/pytorch#184574).
 //   Mapping: at::parallel_for over rows. Accumulation: fp32 (fp64 for fp64 inputs).
@@ -21,24 +21,14 @@ int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, 16384 / std::max<i
 
 }  // namespace
 
-std::vector<std::vector<TilePair>> tile_pair_rounds(int64_t tiles) {
-  std::vector<std::vector<TilePair>> rounds(1);
-  for (int64_t t = 0; t < tiles; ++t) {
-    rounds[0].push_back({t, t});
-  }
-  const int64_t slots = tiles + tiles % 2;
-  for (int64_t r = 0; r + 1 < slots; ++r) {
-    std::vector<TilePair> round;
-    for (int64_t k = 0; k < slots / 2; ++k) {
-      const int64_t a = k == 0 ? slots - 1 : (r + k) % (slots - 1);
-      const int64_t b = (r - k + slots - 1) % (slots - 1);
-      if (a < tiles && b < tiles) {
-        round.push_back({std::min(a, b), std::max(a, b)});
-      }
+std::vector<TilePair> tile_pairs(int64_t tiles) {
+  std::vector<TilePair> pairs;
+  for (int64_t first = 0; first < tiles; ++first) {
+    for (int64_t second = first; second < tiles; ++second) {
+      pairs.push_back({first, second});
     }
-    rounds.push_back(std::move(round));
   }
-  return rounds;
+  return pairs;
 }
 
 int64_t pair_tile_rows(int64_t n) {

@@ -12,10 +12,11 @@
 //   own rows of dx̂ and Gᵀ x̂_I to a private dŷ; the private dŷ are summed at the end
 //   (O(threads·M·D)).
 // Mapping with y = None: θ is symmetric, so only the square tile pairs I ≤ J are computed (half
-//   the GEMMs), in the round-robin rounds of for_each_tile_pair. Forward: one GEMM and arccos per
-//   pair, written to θ_IJ and, transposed, to θ_JI. Backward: dx̂ = (G + Gᵀ) x̂; per pair
-//   H = dθ/dc(C_IJ) ⊙ (grad_IJ + grad_JIᵀ), then dx̂_I += H x̂_J and dx̂_J += Hᵀ x̂_I (race-free:
-//   no tile twice in a round; O(N·D)). grad_y is empty.
+//   the GEMMs). Forward: the threads claim the pairs in turn; one GEMM and arccos per pair,
+//   written to θ_IJ and, transposed, to θ_JI. Backward: dx̂ = (G + Gᵀ) x̂; per pair
+//   H = dθ/dc(C_IJ) ⊙ (grad_IJ + grad_JIᵀ), then dx̂_I += H x̂_J and dx̂_J += Hᵀ x̂_I into the
+//   accumulator of the thread's run of pairs (for_each_tile_pair; O(threads·N·D)), summed at
+//   the end. grad_y is empty.
 // Accumulation: fp32 (fp64 for fp64 inputs); θ and the gradients are cast to x's dtype.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -25,6 +26,7 @@
 #include <optional>
 #include <tuple>
 #include <type_traits>
+#include <vector>
 
 #include "amc_kernels/checks.h"
 #include "amc_kernels/dispatch.h"
@@ -155,19 +157,25 @@ void self_forward_tiles(const at::Tensor& unit, at::Tensor& out) {
       transpose_block(values, ld, r.size, c.size, out_data + c.begin * n + r.begin, n);
     }
   };
-  for_each_tile_pair(tile_count(n, tile), tile, 1, unit.options(), task);
+  // Each pair writes only its own blocks θ_IJ and θ_JI: the threads may take them in any order.
+  const std::vector<TilePair> pairs = tile_pairs(tile_count(n, tile));
+  const auto make_scratch = [&] { return at::empty({1, tile, tile}, unit.options()); };
+  parallel_claim(static_cast<int64_t>(pairs.size()), make_scratch,
+                 [&](int64_t p, const at::Tensor& scratch) { task(pairs[p], scratch); });
 }
 
-// y = None: dx̂ (zero-initialised, [N, D]) += (G + Gᵀ) x̂, one cosine GEMM per tile pair I ≤ J.
+// y = None: dx̂ = (G + Gᵀ) x̂ ([N, D], returned), one cosine GEMM per tile pair I ≤ J.
 template <typename scalar_t>
-void self_backward_tiles(const at::Tensor& grad, const at::Tensor& unit,
-                         bool clamp_grad_at_bounds, at::Tensor& unit_grad) {
+at::Tensor self_backward_tiles(const at::Tensor& grad, const at::Tensor& unit,
+                               bool clamp_grad_at_bounds) {
   using acc_t = acc_type<scalar_t>;
   const int64_t n = unit.size(0);
   const int64_t tile = pair_tile_rows(n);
+  const int64_t tiles = tile_count(n, tile);
+  at::Tensor parts = at::zeros({tile_pair_chunks(tiles), n, unit.size(1)}, unit.options());
   const scalar_t* grad_data = grad.const_data_ptr<scalar_t>();
   const int64_t grad_stride = grad.stride(0);
-  const auto task = [&](TilePair pair, const at::Tensor& scratch) {
+  const auto task = [&](TilePair pair, int64_t chunk, const at::Tensor& scratch) {
     const Span r = tile_span(pair.first, n, tile);
     const Span c = tile_span(pair.second, n, tile);
     at::Tensor h = scratch[0].narrow(0, 0, r.size).narrow(1, 0, c.size);
@@ -181,12 +189,14 @@ void self_backward_tiles(const at::Tensor& grad, const at::Tensor& unit,
                                 grad_data + (r.begin + i) * grad_stride + c.begin,
                                 mirrored + i * tile, clamp_grad_at_bounds, c.size);
     }
-    unit_grad.narrow(0, r.begin, r.size).addmm_(h, unit.narrow(0, c.begin, c.size));
+    const at::Tensor part = parts.select(0, chunk);
+    part.narrow(0, r.begin, r.size).addmm_(h, unit.narrow(0, c.begin, c.size));
     if (pair.first != pair.second) {
-      unit_grad.narrow(0, c.begin, c.size).addmm_(h.t(), unit.narrow(0, r.begin, r.size));
+      part.narrow(0, c.begin, c.size).addmm_(h.t(), unit.narrow(0, r.begin, r.size));
     }
   };
-  for_each_tile_pair(tile_count(n, tile), tile, 2, unit.options(), task);
+  for_each_tile_pair(tiles, tile, 2, unit.options(), task);
+  return parts.sum(0);
 }
 
 // dx̂ (zero-initialised, [N, D]) and dŷ ([M, D], returned) for the upstream gradient `grad`,
@@ -259,14 +269,15 @@ std::tuple<at::Tensor, at::Tensor> angular_distance_bwd_cpu(const at::Tensor& gr
   AMC_CHECK(grad.scalar_type() == x.scalar_type(), kBwd, "grad must have x's dtype ",
             x.scalar_type(), ", got ", grad.scalar_type());
   const at::Tensor grad_rows = grad.stride(1) == 1 ? grad : grad.contiguous();
-  at::Tensor x_grad_unit = at::zeros_like(x_rows.unit);
+  at::Tensor x_grad_unit;
   at::Tensor y_grad_unit;
   AMC_DISPATCH_FLOATING(x.scalar_type(), kBwd, [&] {
     if (y_rows.has_value()) {
+      x_grad_unit = at::zeros_like(x_rows.unit);
       y_grad_unit = angular_backward_tiles<scalar_t>(grad_rows, x_rows.unit, y_unit,
                                                      clamp_grad_at_bounds, x_grad_unit);
     } else {
-      self_backward_tiles<scalar_t>(grad_rows, x_rows.unit, clamp_grad_at_bounds, x_grad_unit);
+      x_grad_unit = self_backward_tiles<scalar_t>(grad_rows, x_rows.unit, clamp_grad_at_bounds);
     }
   });
   if (!y_rows.has_value()) {
