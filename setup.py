@@ -103,7 +103,16 @@ def extension(config: dict):
         ("AMC_KERNELS_ARCH_LIST", c_string(config["arch_list"] if config["with_cuda"] else "")),
         ("Py_LIMITED_API", "0x030A0000"),
     ]
-    cxx = ["-O3", "-fopenmp", "-Wall", "-Wno-unknown-pragmas"]
+    # -fno-math-errno and -fno-trapping-math, as torch's own build: without them gcc cannot
+    # vectorise a loop that calls sqrt, nor turn a guarded division into a blend.
+    cxx = [
+        "-O3",
+        "-fopenmp",
+        "-fno-math-errno",
+        "-fno-trapping-math",
+        "-Wall",
+        "-Wno-unknown-pragmas",
+    ]
     common = {
         "name": "amc_kernels._C",
         "include_dirs": [str(ROOT / "csrc" / "include")],
