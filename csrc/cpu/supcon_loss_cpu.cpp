@@ -19,10 +19,10 @@
 // run in rounds in which no task tile appears twice (a round-robin tournament over the anchor
 // task tiles, then a cyclic anchor × column schedule), the tasks of a round in parallel
 // (at::parallel_for): every row's statistics and gradient are updated by one thread at a time, in
-// the fixed order of the rounds, with no atomics and no per-thread copies of O(N) state, and only
-// at most 4·threads rounds (barriers) per pass. A task walks its block in GEMM tiles of at most 256 × 256:
-// one single-threaded BLAS GEMM L = Z_I Z_Jᵀ / T, whose rows feed the online log-sum-exp of the
-// rows of I and whose columns (symmetric blocks) that of the rows of J. A GEMM tile on the
+// the fixed order of the rounds, with no atomics, no per-thread copies of O(N) state and at most
+// 4·threads rounds (barriers) per pass. A task walks its block in GEMM tiles of at most 256 × 256,
+// each one single-threaded BLAS GEMM L = Z_I Z_Jᵀ / T whose rows feed the online log-sum-exp of
+// the rows of I and whose columns (symmetric blocks) that of the rows of J. A GEMM tile on the
 // diagonal uses its strict upper triangle for both, so that every pair {a, c} is one logit value
 // in both directions and in both passes (BLAS does not return an exactly symmetric Z_I Z_Iᵀ, and
 // large logits would turn that into inconsistent softmaxes). The backward recomputes each GEMM
@@ -50,7 +50,8 @@
 // A row loop compiled for AVX-512, AVX2 (with FMA) and the baseline ISA; the loader picks the
 // widest one the CPU supports (gcc function multiversioning).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define SUPCON_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define SUPCON_SIMD_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define SUPCON_SIMD_CLONES
 #endif
@@ -71,7 +72,9 @@ constexpr int64_t kSerialGemmTile = 1024;
 // Row loops (load, normalisation backward) hand a thread at least this many elements, as ATen.
 constexpr int64_t kRowLoopGrain = 32768;
 
-int64_t row_grain(int64_t dim) { return std::max<int64_t>(1, kRowLoopGrain / std::max<int64_t>(dim, 1)); }
+int64_t row_grain(int64_t dim) {
+  return std::max<int64_t>(1, kRowLoopGrain / std::max<int64_t>(dim, 1));
+}
 
 // ---- inputs --------------------------------------------------------------------------------
 
@@ -280,8 +283,11 @@ Problem make_problem(const at::Tensor& features, const std::optional<at::Tensor>
   p.parallel = p.anchors * p.columns * dim >= kParallelWork;
   // 2·threads task tiles: a round of the tournament gives each thread one task pair's worth.
   p.anchor_tasks = Tiling::split(0, p.anchors, p.parallel ? 2 * at::get_num_threads() : 1);
-  p.other_tasks = Tiling::split(p.anchors, p.columns, std::max<int64_t>(1, p.anchor_tasks.count()));
-  p.gemm_tile = p.parallel ? kGemmTile : kSerialGemmTile;
+  p.other_tasks =
+      Tiling::split(p.anchors, p.columns, std::max<int64_t>(1, p.anchor_tasks.count()));
+  // No larger than the task tiles, so that the scratch tile fits the problem.
+  p.gemm_tile = std::min(p.parallel ? kGemmTile : kSerialGemmTile,
+                         std::max(p.anchor_tasks.tile, p.other_tasks.tile));
   return p;
 }
 
@@ -294,8 +300,8 @@ struct TilePair {
 
 using Round = std::vector<TilePair>;
 
-// Every anchor tile pair I ≤ J once, in rounds in which no tile appears twice: the diagonal
-// pairs, then the circle method (slot `cycle` fixed, the others rotating; a bye when odd).
+// Every anchor task tile pair I ≤ J once, in rounds in which no tile appears twice: the
+// diagonal pairs, then the circle method (slot `cycle` fixed, the others rotating; a bye when odd).
 std::vector<Round> symmetric_rounds(int64_t tiles) {
   std::vector<Round> rounds(1);
   for (int64_t t = 0; t < tiles; ++t) {
@@ -362,8 +368,8 @@ void run_rounds(const std::vector<Round>& rounds, const Problem& p, const Task& 
     const int64_t tasks = static_cast<int64_t>(round.size());
     at::parallel_for(0, tasks, p.parallel ? 1 : tasks, [&](int64_t begin, int64_t end) {
       Scratch<acc_t> scratch(tile, p.z.options());
-      for (int64_t p = begin; p < end; ++p) {
-        task(round[p], scratch);
+      for (int64_t t = begin; t < end; ++t) {
+        task(round[t], scratch);
       }
     });
   }
@@ -611,8 +617,10 @@ void subtract_positive_grad(const Problem& p, const at::Tensor& coef, at::Tensor
   const at::Tensor anchors = p.z.narrow(0, 0, p.anchors);
   const at::Tensor anchor_class = p.row_class.narrow(0, 0, p.anchors);
   const at::Tensor beta = (coef / p.positives.clamp_min(1)).unsqueeze(1);
-  const at::Tensor weighted = at::zeros_like(p.class_sums).index_add_(0, anchor_class, beta * anchors);
-  grad_z.narrow(0, 0, p.anchors).sub_(beta * (p.class_sums.index_select(0, anchor_class) - 2 * anchors));
+  const at::Tensor weighted =
+      at::zeros_like(p.class_sums).index_add_(0, anchor_class, beta * anchors);
+  grad_z.narrow(0, 0, p.anchors)
+      .sub_(beta * (p.class_sums.index_select(0, anchor_class) - 2 * anchors));
   grad_z.narrow(0, 0, p.rows).sub_(weighted.index_select(0, p.row_class));
 }
 
@@ -637,7 +645,8 @@ std::tuple<at::Tensor, at::Tensor> supcon_loss_fwd_cpu(
   const Problem p = make_problem(features, labels, negatives, temperature, base_temperature,
                                  contrast_mode, normalize);
   at::Tensor lse;
-  AT_DISPATCH_FLOATING_TYPES(p.z.scalar_type(), kFwd, [&] { lse = anchor_log_sum_exp<scalar_t>(p); });
+  AT_DISPATCH_FLOATING_TYPES(p.z.scalar_type(), kFwd,
+                             [&] { lse = anchor_log_sum_exp<scalar_t>(p); });
   const at::Tensor mean_positive = positive_logit_sums(p) / p.positives.clamp_min(1);
   const at::Tensor per_anchor =
       at::where(p.positives > 0, -p.scale * (mean_positive - lse), at::zeros_like(lse));
@@ -651,7 +660,8 @@ at::Tensor anchor_weights(const at::Tensor& grad, int64_t anchors, const std::st
   if (reduction == "none") {
     return g.contiguous();
   }
-  const double divisor = reduction == "mean" ? static_cast<double>(std::max<int64_t>(anchors, 1)) : 1.0;
+  const double divisor =
+      reduction == "mean" ? static_cast<double>(std::max<int64_t>(anchors, 1)) : 1.0;
   return (g / divisor).expand({anchors}).contiguous();
 }
 
