@@ -605,13 +605,13 @@ def assert_cpp_matches_reference(features, labels=None, negatives=None, **kwargs
 
 
 CPP_SHAPES = {
-    # (N, V, D, M). Problems with A·C·D ≥ 2^20 run in parallel tiles of 32 to 256 rows (A/4 on
-    # two threads): 150 × 3 rows span several tiles, the last one partial, in both contrast
+    # (N, V, D, M). Problems with A·C·D ≥ 2^20 run in parallel, in 2·threads task tiles per
+    # block: 80 × 3 rows of 48 features span several, the last one partial, in both contrast
     # modes; smaller problems run in one tile.
     "single": (1, 1, 3, 0),
     "odd": (7, 3, 5, 3),
     "one view": (9, 1, 4, 2),
-    "multi-tile": (150, 3, 16, 37),
+    "multi-tile": (80, 3, 48, 37),
 }
 CPP_CASES = [
     pytest.param(mode, labeled, id=f"{mode}-{'labels' if labeled else 'simclr'}")
@@ -639,12 +639,20 @@ def test_cpp_matches_reference(dtype: torch.dtype, shape: tuple, mode: str, labe
 
 @pytest.mark.cpp
 @needs_cpp
-@pytest.mark.parametrize(("mode", "normalize"), [("all", True), ("one", False)])
-def test_cpp_fp64_is_exact_to_rounding(mode: str, normalize: bool) -> None:
-    # Several parallel tiles; unnormalised rows of norm ~1 keep the logits in a sane range.
+@pytest.mark.parametrize(
+    ("mode", "normalize", "shape"),
+    [
+        # 1400 anchors: task tiles of 350 rows (on two threads) walk several 256-row GEMM tiles
+        ("all", True, (700, 2, 8)),
+        ("one", False, (150, 3, 16)),
+    ],
+)
+def test_cpp_fp64_is_exact_to_rounding(mode: str, normalize: bool, shape: tuple) -> None:
+    # Unnormalised rows of norm ~1 keep the logits in a sane range.
     scale = 1.0 if normalize else 0.25
-    x, labels = rand(150, 3, 16, seed=3) * scale, rand_labels(150, 5, seed=3)
-    negatives = rand(37, 16) * scale
+    n, views, d = shape
+    x, labels = rand(n, views, d, seed=3) * scale, rand_labels(n, 5, seed=3)
+    negatives = rand(37, d) * scale
     kwargs = {"contrast_mode": mode, "normalize": normalize, "reduction": "none"}
     got = run_with_grads("cpp", x, labels, negatives, **kwargs)
     expected = run_with_grads("reference", x, labels, negatives, **kwargs)

@@ -13,21 +13,24 @@
 // upstream weight of anchor a, 0 for an anchor without positives. The softmax part recomputes the
 // logit tiles; the positive part uses the class sums again; then the normalisation backward.
 //
-// Mapping. Anchor rows [0, A) and the other columns [A, C) are cut into tiles of at most 256 rows.
-// The anchor × anchor block is symmetric: each tile pair I ≤ J is one task with one BLAS GEMM
-// L = Z_I Z_Jᵀ / T whose rows feed the online log-sum-exp of the rows of I and whose columns that
-// of the rows of J; a diagonal tile does so with its strict upper triangle, so that every pair
-// {a, c} is one logit value in both directions and in both passes (BLAS does not return an
-// exactly symmetric Z_I Z_Iᵀ, and large logits would turn that into inconsistent softmaxes).
-// The anchor × other-column
-// block is one-sided: its tiles feed their anchor rows. Tasks run in rounds in which no tile
-// appears twice (a round-robin tournament over the anchor tiles, then a cyclic anchor × column
-// schedule); the tasks of a round run in parallel (at::parallel_for, one single-threaded GEMM
-// each), so every row's statistics and gradient are updated by one thread at a time, in the
-// fixed order of the rounds: no atomics, no per-thread copies of O(N) state. The backward recomputes each tile, turns it in
-// place into G, the softmax part of dL/d⟨z_i, z_j⟩ (both directions of a symmetric tile at once),
-// and adds G·Z_J to dZ_I and Gᵀ·Z_I to dZ_J (two GEMMs). Epilogues are SIMD loops (AVX-512,
-// AVX2 or baseline clones) over the rows of a tile, with the exponentials max-subtracted.
+// Mapping. The anchor × anchor block of the logits is symmetric. Its rows are cut into 2·threads
+// task tiles, and each task tile pair I ≤ J is one task; the anchor × other-column block (the
+// negatives, and views 1.. in "one" mode) is cut into as many anchor × column task tiles. Tasks
+// run in rounds in which no task tile appears twice (a round-robin tournament over the anchor
+// task tiles, then a cyclic anchor × column schedule), the tasks of a round in parallel
+// (at::parallel_for): every row's statistics and gradient are updated by one thread at a time, in
+// the fixed order of the rounds, with no atomics, no per-thread copies of O(N) state and at most
+// 4·threads rounds (barriers) per pass. A task walks its block in GEMM tiles of at most 256 × 256,
+// each one single-threaded BLAS GEMM L = Z_I Z_Jᵀ / T whose rows feed the online log-sum-exp of
+// the rows of I and whose columns (symmetric blocks) that of the rows of J. A GEMM tile on the
+// diagonal uses its strict upper triangle for both, so that every pair {a, c} is one logit value
+// in both directions and in both passes (BLAS does not return an exactly symmetric Z_I Z_Iᵀ, and
+// large logits would turn that into inconsistent softmaxes). The backward recomputes each GEMM
+// tile, turns it in place into G, the softmax part of dL/d⟨z_i, z_j⟩ (both directions of a
+// symmetric tile at once), and adds G·Z_J to dZ_I and Gᵀ·Z_I to dZ_J (two GEMMs; one for a
+// diagonal tile, whose G is symmetric). Epilogues are SIMD loops (AVX-512, AVX2 or baseline
+// clones) over the rows of a tile, with the exponentials max-subtracted. Small problems
+// (A·C·D < 2^20) run on the calling thread in GEMM tiles of up to 1024 rows.
 // Memory: the C × D rows, their gradient and one tile per thread; never an A × C matrix.
 // Accumulation: fp32 (fp64 for fp64 inputs); fp16 and bf16 rows are converted as they are loaded.
 #include <ATen/ATen.h>
@@ -47,7 +50,8 @@
 // A row loop compiled for AVX-512, AVX2 (with FMA) and the baseline ISA; the loader picks the
 // widest one the CPU supports (gcc function multiversioning).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define SUPCON_SIMD_CLONES __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
+#define SUPCON_SIMD_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define SUPCON_SIMD_CLONES
 #endif
@@ -58,17 +62,19 @@ namespace {
 constexpr const char* kFwd = "supcon_loss_fwd";
 constexpr const char* kBwd = "supcon_loss_bwd";
 constexpr double kNormEps = 1e-12;  // F.normalize's eps
-constexpr int64_t kMinTile = 32;
-constexpr int64_t kMaxTile = 256;
+// Rows and columns of one GEMM tile: 256 × 256 fp32 logits stay in a core's L2 cache.
+constexpr int64_t kGemmTile = 256;
 // Below this many multiply-adds in the logits (A·C·D) the work runs on the calling thread in
-// tiles of up to kSerialTile rows (one tile when A ≤ kSerialTile): few, larger GEMM calls, each
-// of which BLAS may thread, instead of parallel rounds that would cost more than they save.
+// GEMM tiles of up to kSerialGemmTile (one tile when A ≤ 1024): a few larger GEMM calls instead
+// of parallel rounds that would cost more than they save.
 constexpr int64_t kParallelWork = int64_t(1) << 20;
-constexpr int64_t kSerialTile = 1024;
+constexpr int64_t kSerialGemmTile = 1024;
 // Row loops (load, normalisation backward) hand a thread at least this many elements, as ATen.
 constexpr int64_t kRowLoopGrain = 32768;
 
-int64_t row_grain(int64_t dim) { return std::max<int64_t>(1, kRowLoopGrain / std::max<int64_t>(dim, 1)); }
+int64_t row_grain(int64_t dim) {
+  return std::max<int64_t>(1, kRowLoopGrain / std::max<int64_t>(dim, 1));
+}
 
 // ---- inputs --------------------------------------------------------------------------------
 
@@ -198,6 +204,11 @@ struct Tiling {
   int64_t end;
   int64_t tile;
 
+  // [begin, end) in `parts` tiles of equal size (fewer when there are fewer rows).
+  static Tiling split(int64_t begin, int64_t end, int64_t parts) {
+    return {begin, end, std::max<int64_t>(1, (end - begin + parts - 1) / parts)};
+  }
+
   int64_t count() const { return (end - begin + tile - 1) / tile; }
   Span span(int64_t index) const {
     const int64_t first = begin + index * tile;
@@ -219,9 +230,10 @@ struct Problem {
   at::Tensor row_class;   // [R] int64 dense class id of each contrast row
   at::Tensor positives;   // [A] compute dtype |P_a|
   at::Tensor class_sums;  // [K, D] S[y]
-  Tiling anchor_tiles;    // [0, A)
-  Tiling other_tiles;     // [A, C)
   bool parallel;          // whether the tasks of a round run in parallel
+  Tiling anchor_tasks;    // [0, A) in task tiles
+  Tiling other_tasks;     // [A, C) in as many task tiles
+  int64_t gemm_tile;      // rows and columns of a GEMM tile
 };
 
 // Dense class ids of the samples ([N] int64) and their number.
@@ -232,17 +244,6 @@ std::tuple<at::Tensor, int64_t> sample_classes(const std::optional<at::Tensor>& 
   }
   const auto [values, inverse] = at::_unique(*labels, /*sorted=*/true, /*return_inverse=*/true);
   return {inverse.to(at::kLong), values.size(0)};
-}
-
-// Square tiles of kMaxTile rows, smaller (down to kMinTile) when there are too few anchors to
-// give every thread a task in each round; serial work takes the anchors in one tile if it can.
-int64_t tile_rows(int64_t anchors, bool parallel) {
-  if (!parallel) {
-    return std::clamp<int64_t>(anchors, 1, kSerialTile);
-  }
-  const int64_t threads = at::get_num_threads();
-  const int64_t per_thread = (anchors + 2 * threads - 1) / (2 * threads);
-  return std::clamp<int64_t>((per_thread + 15) / 16 * 16, kMinTile, kMaxTile);
 }
 
 Problem make_problem(const at::Tensor& features, const std::optional<at::Tensor>& labels,
@@ -280,23 +281,27 @@ Problem make_problem(const at::Tensor& features, const std::optional<at::Tensor>
   p.class_sums = at::zeros({classes, dim}, options)
                      .index_add_(0, p.row_class, p.z.narrow(0, 0, p.rows));
   p.parallel = p.anchors * p.columns * dim >= kParallelWork;
-  const int64_t tile = tile_rows(p.anchors, p.parallel);
-  p.anchor_tiles = {0, p.anchors, tile};
-  p.other_tiles = {p.anchors, p.columns, tile};
+  // 2·threads task tiles: a round of the tournament gives each thread one task pair's worth.
+  p.anchor_tasks = Tiling::split(0, p.anchors, p.parallel ? 2 * at::get_num_threads() : 1);
+  p.other_tasks =
+      Tiling::split(p.anchors, p.columns, std::max<int64_t>(1, p.anchor_tasks.count()));
+  // No larger than the task tiles, so that the scratch tile fits the problem.
+  p.gemm_tile = std::min(p.parallel ? kGemmTile : kSerialGemmTile,
+                         std::max(p.anchor_tasks.tile, p.other_tasks.tile));
   return p;
 }
 
 // ---- task schedule -------------------------------------------------------------------------
 
 struct TilePair {
-  int64_t first;   // an anchor tile
-  int64_t second;  // an anchor tile (symmetric tasks) or an other-column tile
+  int64_t first;   // an anchor task tile
+  int64_t second;  // an anchor task tile (symmetric tasks) or an other-column task tile
 };
 
 using Round = std::vector<TilePair>;
 
-// Every anchor tile pair I ≤ J once, in rounds in which no tile appears twice: the diagonal
-// pairs, then the circle method (slot `cycle` fixed, the others rotating; a bye when odd).
+// Every anchor task tile pair I ≤ J once, in rounds in which no tile appears twice: the
+// diagonal pairs, then the circle method (slot `cycle` fixed, the others rotating; a bye when odd).
 std::vector<Round> symmetric_rounds(int64_t tiles) {
   std::vector<Round> rounds(1);
   for (int64_t t = 0; t < tiles; ++t) {
@@ -338,7 +343,8 @@ std::vector<Round> one_sided_rounds(int64_t anchor_tiles, int64_t other_tiles) {
   return rounds;
 }
 
-// The scratch of one thread: a tile of logits and the per-row and per-column maxima and sums.
+// The scratch of one thread: a GEMM tile of logits and its per-row and per-column maxima and
+// sums.
 template <typename acc_t>
 struct Scratch {
   at::Tensor buffer;
@@ -357,13 +363,13 @@ struct Scratch {
 // in parallel (or on this thread when the problem is small).
 template <typename acc_t, typename Task>
 void run_rounds(const std::vector<Round>& rounds, const Problem& p, const Task& task) {
-  const int64_t tile = p.anchor_tiles.tile;
+  const int64_t tile = p.gemm_tile;
   for (const Round& round : rounds) {
     const int64_t tasks = static_cast<int64_t>(round.size());
     at::parallel_for(0, tasks, p.parallel ? 1 : tasks, [&](int64_t begin, int64_t end) {
       Scratch<acc_t> scratch(tile, p.z.options());
-      for (int64_t p = begin; p < end; ++p) {
-        task(round[p], scratch);
+      for (int64_t t = begin; t < end; ++t) {
+        task(round[t], scratch);
       }
     });
   }
@@ -377,8 +383,23 @@ at::Tensor logit_tile(const Problem& p, Span rows, Span cols, at::Tensor& buffer
   return tile;
 }
 
-// The first column of row i that a tile pair uses: past the diagonal for a tile with itself.
-int64_t first_column(TilePair pair, int64_t i) { return pair.first == pair.second ? i + 1 : 0; }
+// Calls gemm_tile(rows, cols, diagonal) for every GEMM tile of a task's block: its rows and
+// columns in spans of at most p.gemm_tile; for a task on the diagonal (rows = cols), only the
+// tiles on or above the diagonal, `diagonal` marking a span with itself.
+template <typename Fn>
+void for_each_gemm_tile(const Problem& p, Span rows, Span cols, bool diagonal_task,
+                        const Fn& gemm_tile) {
+  const Tiling row_tiles{rows.begin, rows.begin + rows.size, p.gemm_tile};
+  const Tiling col_tiles{cols.begin, cols.begin + cols.size, p.gemm_tile};
+  for (int64_t i = 0; i < row_tiles.count(); ++i) {
+    for (int64_t j = diagonal_task ? i : 0; j < col_tiles.count(); ++j) {
+      gemm_tile(row_tiles.span(i), col_tiles.span(j), diagonal_task && i == j);
+    }
+  }
+}
+
+// The first column of row i that a GEMM tile uses: past the diagonal for a span with itself.
+int64_t first_column(bool diagonal, int64_t i) { return diagonal ? i + 1 : 0; }
 
 // ---- forward: online log-sum-exp -----------------------------------------------------------
 
@@ -443,7 +464,7 @@ void merge_rows(const acc_t* tile, Span rows, int64_t cols, OnlineLogSumExp<acc_
 // states of its columns (a diagonal tile: its strict upper triangle). An empty row or column
 // segment merges (−inf, 0), which changes nothing.
 template <typename acc_t>
-void merge_rows_and_columns(const acc_t* tile, TilePair pair, Span rows, Span cols,
+void merge_rows_and_columns(const acc_t* tile, bool diagonal, Span rows, Span cols,
                             Scratch<acc_t>& scratch, OnlineLogSumExp<acc_t>* states) {
   acc_t* top = scratch.row_max.data();
   acc_t* column_max = scratch.column_max.data();
@@ -451,12 +472,12 @@ void merge_rows_and_columns(const acc_t* tile, TilePair pair, Span rows, Span co
   std::fill(column_max, column_max + cols.size, -std::numeric_limits<acc_t>::infinity());
   std::fill(column_sum, column_sum + cols.size, acc_t(0));
   for (int64_t i = 0; i < rows.size; ++i) {
-    const int64_t first = first_column(pair, i);
+    const int64_t first = first_column(diagonal, i);
     top[i] = row_max_and_column_max(tile + i * cols.size + first, column_max + first,
                                     cols.size - first);
   }
   for (int64_t i = 0; i < rows.size; ++i) {
-    const int64_t first = first_column(pair, i);
+    const int64_t first = first_column(diagonal, i);
     const acc_t sum = row_and_column_exp_sums(tile + i * cols.size + first, top[i],
                                               column_max + first, column_sum + first,
                                               cols.size - first);
@@ -473,19 +494,22 @@ at::Tensor anchor_log_sum_exp(const Problem& p) {
   std::vector<OnlineLogSumExp<acc_t>> states(p.anchors, OnlineLogSumExp<acc_t>::empty());
   OnlineLogSumExp<acc_t>* state = states.data();
   const auto symmetric = [&](TilePair pair, Scratch<acc_t>& scratch) {
-    const Span rows = p.anchor_tiles.span(pair.first);
-    const Span cols = p.anchor_tiles.span(pair.second);
-    const at::Tensor logits = logit_tile(p, rows, cols, scratch.buffer);
-    merge_rows_and_columns(logits.const_data_ptr<acc_t>(), pair, rows, cols, scratch, state);
+    for_each_gemm_tile(p, p.anchor_tasks.span(pair.first), p.anchor_tasks.span(pair.second),
+                       pair.first == pair.second, [&](Span rows, Span cols, bool diagonal) {
+                         const at::Tensor logits = logit_tile(p, rows, cols, scratch.buffer);
+                         merge_rows_and_columns(logits.const_data_ptr<acc_t>(), diagonal, rows,
+                                                cols, scratch, state);
+                       });
   };
   const auto one_sided = [&](TilePair pair, Scratch<acc_t>& scratch) {
-    const Span rows = p.anchor_tiles.span(pair.first);
-    const Span cols = p.other_tiles.span(pair.second);
-    const at::Tensor logits = logit_tile(p, rows, cols, scratch.buffer);
-    merge_rows(logits.const_data_ptr<acc_t>(), rows, cols.size, state);
+    for_each_gemm_tile(p, p.anchor_tasks.span(pair.first), p.other_tasks.span(pair.second),
+                       false, [&](Span rows, Span cols, bool) {
+                         const at::Tensor logits = logit_tile(p, rows, cols, scratch.buffer);
+                         merge_rows(logits.const_data_ptr<acc_t>(), rows, cols.size, state);
+                       });
   };
-  run_rounds<acc_t>(symmetric_rounds(p.anchor_tiles.count()), p, symmetric);
-  run_rounds<acc_t>(one_sided_rounds(p.anchor_tiles.count(), p.other_tiles.count()), p, one_sided);
+  run_rounds<acc_t>(symmetric_rounds(p.anchor_tasks.count()), p, symmetric);
+  run_rounds<acc_t>(one_sided_rounds(p.anchor_tasks.count(), p.other_tasks.count()), p, one_sided);
   at::Tensor lse = at::empty({p.anchors}, p.z.options());
   acc_t* out = lse.mutable_data_ptr<acc_t>();
   for (int64_t a = 0; a < p.anchors; ++a) {
@@ -534,19 +558,17 @@ void mirror_upper_triangle(acc_t* g, int64_t n) {
 // coef_a = 0, so that exp gives 0 and never meets a −inf lse).
 template <typename acc_t>
 void add_softmax_grad(const Problem& p, const acc_t* coef, const acc_t* shift, at::Tensor& grad_z) {
-  const auto symmetric = [&](TilePair pair, Scratch<acc_t>& scratch) {
-    const Span rows = p.anchor_tiles.span(pair.first);
-    const Span cols = p.anchor_tiles.span(pair.second);
+  const auto symmetric_tile = [&](Span rows, Span cols, bool diagonal, Scratch<acc_t>& scratch) {
     at::Tensor g = logit_tile(p, rows, cols, scratch.buffer);
     acc_t* values = g.mutable_data_ptr<acc_t>();
     for (int64_t i = 0; i < rows.size; ++i) {
-      const int64_t first = first_column(pair, i);
+      const int64_t first = first_column(diagonal, i);
       symmetric_grad_row(values + i * cols.size + first, coef[rows.begin + i],
                          shift[rows.begin + i], coef + cols.begin + first,
                          shift + cols.begin + first, cols.size - first);
     }
     const at::Tensor z_rows = p.z.narrow(0, rows.begin, rows.size);
-    if (pair.first == pair.second) {  // G symmetric: one product covers both sides
+    if (diagonal) {  // G symmetric: one product covers both sides
       mirror_upper_triangle(values, rows.size);
       grad_z.narrow(0, rows.begin, rows.size).addmm_(g, z_rows);
     } else {
@@ -554,9 +576,7 @@ void add_softmax_grad(const Problem& p, const acc_t* coef, const acc_t* shift, a
       grad_z.narrow(0, cols.begin, cols.size).addmm_(g.t(), z_rows);
     }
   };
-  const auto one_sided = [&](TilePair pair, Scratch<acc_t>& scratch) {
-    const Span rows = p.anchor_tiles.span(pair.first);
-    const Span cols = p.other_tiles.span(pair.second);
+  const auto one_sided_tile = [&](Span rows, Span cols, Scratch<acc_t>& scratch) {
     at::Tensor g = logit_tile(p, rows, cols, scratch.buffer);
     acc_t* values = g.mutable_data_ptr<acc_t>();
     for (int64_t i = 0; i < rows.size; ++i) {
@@ -566,8 +586,20 @@ void add_softmax_grad(const Problem& p, const acc_t* coef, const acc_t* shift, a
     grad_z.narrow(0, rows.begin, rows.size).addmm_(g, p.z.narrow(0, cols.begin, cols.size));
     grad_z.narrow(0, cols.begin, cols.size).addmm_(g.t(), p.z.narrow(0, rows.begin, rows.size));
   };
-  run_rounds<acc_t>(symmetric_rounds(p.anchor_tiles.count()), p, symmetric);
-  run_rounds<acc_t>(one_sided_rounds(p.anchor_tiles.count(), p.other_tiles.count()), p, one_sided);
+  const auto symmetric = [&](TilePair pair, Scratch<acc_t>& scratch) {
+    for_each_gemm_tile(p, p.anchor_tasks.span(pair.first), p.anchor_tasks.span(pair.second),
+                       pair.first == pair.second, [&](Span rows, Span cols, bool diagonal) {
+                         symmetric_tile(rows, cols, diagonal, scratch);
+                       });
+  };
+  const auto one_sided = [&](TilePair pair, Scratch<acc_t>& scratch) {
+    for_each_gemm_tile(p, p.anchor_tasks.span(pair.first), p.other_tasks.span(pair.second),
+                       false, [&](Span rows, Span cols, bool) {
+                         one_sided_tile(rows, cols, scratch);
+                       });
+  };
+  run_rounds<acc_t>(symmetric_rounds(p.anchor_tasks.count()), p, symmetric);
+  run_rounds<acc_t>(one_sided_rounds(p.anchor_tasks.count(), p.other_tasks.count()), p, one_sided);
 }
 
 // ---- the positives through class sums -----------------------------------------------------
@@ -585,8 +617,10 @@ void subtract_positive_grad(const Problem& p, const at::Tensor& coef, at::Tensor
   const at::Tensor anchors = p.z.narrow(0, 0, p.anchors);
   const at::Tensor anchor_class = p.row_class.narrow(0, 0, p.anchors);
   const at::Tensor beta = (coef / p.positives.clamp_min(1)).unsqueeze(1);
-  const at::Tensor weighted = at::zeros_like(p.class_sums).index_add_(0, anchor_class, beta * anchors);
-  grad_z.narrow(0, 0, p.anchors).sub_(beta * (p.class_sums.index_select(0, anchor_class) - 2 * anchors));
+  const at::Tensor weighted =
+      at::zeros_like(p.class_sums).index_add_(0, anchor_class, beta * anchors);
+  grad_z.narrow(0, 0, p.anchors)
+      .sub_(beta * (p.class_sums.index_select(0, anchor_class) - 2 * anchors));
   grad_z.narrow(0, 0, p.rows).sub_(weighted.index_select(0, p.row_class));
 }
 
@@ -611,7 +645,8 @@ std::tuple<at::Tensor, at::Tensor> supcon_loss_fwd_cpu(
   const Problem p = make_problem(features, labels, negatives, temperature, base_temperature,
                                  contrast_mode, normalize);
   at::Tensor lse;
-  AT_DISPATCH_FLOATING_TYPES(p.z.scalar_type(), kFwd, [&] { lse = anchor_log_sum_exp<scalar_t>(p); });
+  AT_DISPATCH_FLOATING_TYPES(p.z.scalar_type(), kFwd,
+                             [&] { lse = anchor_log_sum_exp<scalar_t>(p); });
   const at::Tensor mean_positive = positive_logit_sums(p) / p.positives.clamp_min(1);
   const at::Tensor per_anchor =
       at::where(p.positives > 0, -p.scale * (mean_positive - lse), at::zeros_like(lse));
@@ -625,7 +660,8 @@ at::Tensor anchor_weights(const at::Tensor& grad, int64_t anchors, const std::st
   if (reduction == "none") {
     return g.contiguous();
   }
-  const double divisor = reduction == "mean" ? static_cast<double>(std::max<int64_t>(anchors, 1)) : 1.0;
+  const double divisor =
+      reduction == "mean" ? static_cast<double>(std::max<int64_t>(anchors, 1)) : 1.0;
   return (g / divisor).expand({anchors}).contiguous();
 }
 

@@ -133,15 +133,18 @@ struct OnlineLogSumExp {
   AMC_HOST_DEVICE acc_t value() const { return max + std::log(sum); }
 };
 
-// exp(x) in a branch-free form that compilers vectorise (no calls), for the exponentials of
-// max-subtracted logits. float: x = n·ln2 + r with |r| ≤ ln2/2 (ln2 split in two parts),
-// exp(r) by Cephes' expf polynomial, 2^n through the exponent bits; within 2 ulp of expf for
-// x ≤ 88. Arguments below ln(FLT_MIN) ≈ −87.34, −inf included, give exactly 0 (no subnormals).
-// double: std::exp.
+// exp(x) in a form that compilers vectorise: no calls, no branches, only selects between values
+// computed unconditionally (gcc if-converts them under -fno-trapping-math, as torch builds). For
+// the exponentials of max-subtracted logits. float: x = n·ln2 + r with |r| ≤ ln2/2 (ln2 split in
+// two parts), exp(r) by Cephes' expf polynomial, 2^n through the exponent bits; within 2 ulp of
+// expf for x ≤ 88. Arguments below ln(FLT_MIN) ≈ −87.34, −inf included, give exactly 0 (no
+// subnormals). double: std::exp.
 AMC_HOST_DEVICE float simd_exp(float x) {
   const float lowest = -87.33654f;
   const float highest = 88.0f;
-  const float clamped = x < lowest ? lowest : (x > highest ? highest : x);
+  const bool underflow = x < lowest;
+  const bool overflow = x > highest;
+  const float clamped = underflow ? lowest : (overflow ? highest : x);
   const float n = (clamped * 1.44269504088896341f + 12582912.0f) - 12582912.0f;  // round(x/ln2)
   const float r = (clamped - n * 0.693359375f) + n * 2.12194440e-4f;
   float p = 1.9875691500e-4f;
@@ -154,7 +157,8 @@ AMC_HOST_DEVICE float simd_exp(float x) {
   const int32_t bits = (static_cast<int32_t>(n) + 127) << 23;
   float two_n;
   memcpy(&two_n, &bits, sizeof(two_n));
-  return x < lowest ? 0.0f : exp_r * two_n;
+  const float value = exp_r * two_n;
+  return underflow ? 0.0f : value;
 }
 
 AMC_HOST_DEVICE double simd_exp(double x) { return std::exp(x); }
