@@ -22,13 +22,13 @@
 
 #include "amc_kernels/checks.h"
 #include "amc_kernels/dispatch.h"
+#include "amc_kernels/math.h"
 #include "map_utils_cpu.h"
 
 namespace amc_kernels {
 namespace {
 
 constexpr const char* kOp = "saliency_mask";
-constexpr double kMapEps = 1e-8;  // the constant of the min-max normalisation
 
 // keep[i] = the i-th pixel is among the k largest e, ties to the lower index.
 template <typename acc_t>
@@ -60,7 +60,6 @@ void saliency_keep(const at::Tensor& saliency, int64_t height, int64_t width, do
   const bool resized = saliency.size(1) != height || saliency.size(2) != width;
   const cpu::BilinearResize<acc_t> resize(saliency.size(1), saliency.size(2), height, width);
   const scalar_t* data = saliency.const_data_ptr<scalar_t>();
-  const acc_t eps = static_cast<acc_t>(kMapEps);
   const acc_t cut = static_cast<acc_t>(threshold);
   const auto kept = static_cast<int64_t>(top_fraction * static_cast<double>(plane) + 0.5);
   at::parallel_for(0, images, 1, [&](int64_t begin, int64_t end) {
@@ -74,9 +73,8 @@ void saliency_keep(const at::Tensor& saliency, int64_t height, int64_t width, do
         std::copy(s, s + plane, e.data());
       }
       const auto [lo, hi] = cpu::min_max(e.data(), plane);
-      const acc_t denominator = (hi - lo) + eps;  // max(s − min) = hi − lo, rounded alike
       for (int64_t i = 0; i < plane; ++i) {
-        e[i] = (e[i] - lo) / denominator;
+        e[i] = minmax_normalized(e[i], lo, hi);
       }
       bool* keep_b = keep + b * plane;
       if (top_fraction < 0) {

@@ -117,4 +117,19 @@ AMC_HOST_DEVICE LinearTap<acc_t> linear_tap(int64_t dst, int64_t in_size, int64_
   return {i0, i1, acc_t(1) - w1, w1};
 }
 
+// ---- map normalisation (DESIGN §2.4, §2.7) ------------------------------------------------
+
+// ε = 1e-8 of every map normalisation, rounded to acc_t as torch rounds the Python constant.
+template <typename acc_t>
+AMC_HOST_DEVICE acc_t map_eps() {
+  return static_cast<acc_t>(1e-8);
+}
+
+// (x − lo) / ((hi − lo) + ε) for a map with minimum lo and maximum hi (ExCon's min-max
+// normalisation); hi − lo is max(x − lo) exactly, since rounding is monotonic.
+template <typename acc_t>
+AMC_HOST_DEVICE acc_t minmax_normalized(acc_t x, acc_t lo, acc_t hi) {
+  return (x - lo) / ((hi - lo) + map_eps<acc_t>());
+}
+
 }  // namespace amc_kernels
