@@ -13,7 +13,7 @@
 // Mapping: at::parallel_for over (map, channel chunk) items, the chunks splitting K only when
 // there are fewer maps than threads: the forward's items sum partial raw maps (one pass over A
 // and G), an epilogue per map reduces them and writes the map; the backward's epilogue per map
-// gives dRaw, then its items write dA and dG (one pass over A and G, one over the gradients).
+// gives dRaw, then its items write dA and dG (one pass over A, and G for "elementwise").
 // Accumulation: acc_type (fp32; fp64 for fp64 inputs); fp16/bf16 rows are converted one at a time.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
