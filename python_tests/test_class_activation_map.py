@@ -512,8 +512,8 @@ def test_cpp_cam_kernel_checks_target_range() -> None:
 @pytest.mark.cpp
 @needs_cpp_cam
 def test_cpp_cam_gradcheck() -> None:
-    a, w, _ = cpp_cam_inputs((3, 4, 3, 2, 3), seed=13)
-    targets = torch.tensor([1, 1, 0])
+    a, w, _ = cpp_cam_inputs((3, 3, 2, 2, 2), seed=13)
+    targets = torch.tensor([1, 1, 0])  # a repeated target: dW rows accumulate
 
     def fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         return functional.class_activation_map(x, y, targets, backend="cpp")

@@ -13,7 +13,7 @@
 // Mapping: at::parallel_for over (map, channel chunk) items, the chunks splitting K only when
 // there are fewer maps than threads: the forward's items sum partial raw maps (one pass over A
 // and G), an epilogue per map reduces them and writes the map; the backward's epilogue per map
-// gives dRaw, then its items write dA and dG (one pass over A and G, one over the gradients).
+// gives dRaw, then its items write dA and dG (one pass over A, and G for "elementwise").
 // Accumulation: acc_type (fp32; fp64 for fp64 inputs); fp16/bf16 rows are converted one at a time.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
@@ -31,7 +31,6 @@ namespace amc_kernels {
 namespace {
 
 constexpr const char* kOp = "gradcam";
-constexpr double kMapEps = 1e-8;  // the constant of every map normalisation
 
 enum class Weighting { kMean, kElementwise };
 enum class Normalization { kNone, kMax, kMinMax, kSum };
@@ -99,7 +98,7 @@ MapShape map_shape(const at::Tensor& activations, const at::Tensor& gradients,
 
 template <typename acc_t>
 void normalize_map(Normalization mode, acc_t* map, int64_t n) {
-  const acc_t eps = static_cast<acc_t>(kMapEps);
+  const acc_t eps = map_eps<acc_t>();
   if (mode == Normalization::kMax) {
     const acc_t denominator = cpu::min_max(map, n).second + eps;
     for (int64_t i = 0; i < n; ++i) {
@@ -107,9 +106,8 @@ void normalize_map(Normalization mode, acc_t* map, int64_t n) {
     }
   } else if (mode == Normalization::kMinMax) {
     const auto [lo, hi] = cpu::min_max(map, n);
-    const acc_t denominator = (hi - lo) + eps;  // max(x − min) = hi − lo, rounded alike
     for (int64_t i = 0; i < n; ++i) {
-      map[i] = (map[i] - lo) / denominator;
+      map[i] = minmax_normalized(map[i], lo, hi);
     }
   } else if (mode == Normalization::kSum) {
     const acc_t denominator = cpu::sum_row(map, n) + eps;
@@ -136,7 +134,7 @@ void add_to_ties(const acc_t* values, acc_t extreme, acc_t share, acc_t* grad, i
 template <typename acc_t>
 void normalize_map_backward(Normalization mode, const acc_t* map, acc_t* grad, acc_t* shifted,
                             int64_t n) {
-  const acc_t eps = static_cast<acc_t>(kMapEps);
+  const acc_t eps = map_eps<acc_t>();
   if (mode == Normalization::kMax) {
     // out = x / d, d = max x + ε: dx = g/d, dmax = −⟨g, x⟩/d².
     const acc_t hi = cpu::min_max(map, n).second;

@@ -161,16 +161,19 @@ void for_each_chunk(int64_t maps, int64_t channels, int64_t chunks,
 // Per-axis taps of an in_h×in_w → out_h×out_w resize. Forward, separably: each input row is
 // resampled along the width (t = v0·w0 + v1·w1), then out = t_i0·w0 + t_i1·w1 along the
 // height, torch's evaluation order. transpose() applies the adjoint (the resize's backward).
+// A tap whose two sources coincide (past the last pixel, or a one-pixel axis) copies its
+// source with weights (1, 0): v·w0 + v·w1 would round off v by an ulp, which min-max
+// normalisation of a flat map, or of a plateau of ties, turns into visible differences.
 template <typename acc_t>
 class BilinearResize {
  public:
   BilinearResize(int64_t in_h, int64_t in_w, int64_t out_h, int64_t out_w)
       : in_h_(in_h), in_w_(in_w), out_h_(out_h), out_w_(out_w) {
     for (int64_t y = 0; y < out_h; ++y) {
-      rows_.push_back(linear_tap<acc_t>(y, in_h, out_h));
+      rows_.push_back(copying_coincident_sources(linear_tap<acc_t>(y, in_h, out_h)));
     }
     for (int64_t x = 0; x < out_w; ++x) {
-      cols_.push_back(linear_tap<acc_t>(x, in_w, out_w));
+      cols_.push_back(copying_coincident_sources(linear_tap<acc_t>(x, in_w, out_w)));
     }
   }
 
@@ -219,6 +222,14 @@ class BilinearResize {
   }
 
  private:
+  static LinearTap<acc_t> copying_coincident_sources(LinearTap<acc_t> tap) {
+    if (tap.i0 == tap.i1) {
+      tap.w0 = acc_t(1);
+      tap.w1 = acc_t(0);
+    }
+    return tap;
+  }
+
   int64_t in_h_;
   int64_t in_w_;
   int64_t out_h_;

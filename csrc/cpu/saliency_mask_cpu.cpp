@@ -14,21 +14,24 @@
 // the image data. Accumulation: acc_type of the saliency.
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>
+#include <c10/util/bit_cast.h>
 #include <torch/library.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <functional>
+#include <type_traits>
 #include <vector>
 
 #include "amc_kernels/checks.h"
 #include "amc_kernels/dispatch.h"
+#include "amc_kernels/math.h"
 #include "map_utils_cpu.h"
 
 namespace amc_kernels {
 namespace {
 
 constexpr const char* kOp = "saliency_mask";
-constexpr double kMapEps = 1e-8;  // the constant of the min-max normalisation
 
 // keep[i] = the i-th pixel is among the k largest e, ties to the lower index.
 template <typename acc_t>
@@ -60,7 +63,6 @@ void saliency_keep(const at::Tensor& saliency, int64_t height, int64_t width, do
   const bool resized = saliency.size(1) != height || saliency.size(2) != width;
   const cpu::BilinearResize<acc_t> resize(saliency.size(1), saliency.size(2), height, width);
   const scalar_t* data = saliency.const_data_ptr<scalar_t>();
-  const acc_t eps = static_cast<acc_t>(kMapEps);
   const acc_t cut = static_cast<acc_t>(threshold);
   const auto kept = static_cast<int64_t>(top_fraction * static_cast<double>(plane) + 0.5);
   at::parallel_for(0, images, 1, [&](int64_t begin, int64_t end) {
@@ -74,9 +76,8 @@ void saliency_keep(const at::Tensor& saliency, int64_t height, int64_t width, do
         std::copy(s, s + plane, e.data());
       }
       const auto [lo, hi] = cpu::min_max(e.data(), plane);
-      const acc_t denominator = (hi - lo) + eps;  // max(s − min) = hi − lo, rounded alike
       for (int64_t i = 0; i < plane; ++i) {
-        e[i] = (e[i] - lo) / denominator;
+        e[i] = minmax_normalized(e[i], lo, hi);
       }
       bool* keep_b = keep + b * plane;
       if (top_fraction < 0) {
@@ -90,24 +91,36 @@ void saliency_keep(const at::Tensor& saliency, int64_t height, int64_t width, do
   });
 }
 
-// masked[b, c] = keep[b] ? images[b, c] : fill, over every (image, channel) plane.
-template <typename scalar_t>
-void masked_copy(const at::Tensor& images, const bool* keep, double fill, at::Tensor& masked) {
+// masked[b, c] = keep[b] ? images[b, c] : fill over every (image, channel) plane: a branch-free
+// select on raw bits (bits_t has the element's size; keep read as bytes 0/1), which vectorises
+// for every dtype.
+template <typename bits_t>
+void masked_copy(const at::Tensor& images, const uint8_t* keep, bits_t fill, at::Tensor& masked) {
   const int64_t channels = images.size(1);
   const int64_t plane = images.size(2) * images.size(3);
-  const scalar_t* src = images.const_data_ptr<scalar_t>();
-  scalar_t* dst = masked.mutable_data_ptr<scalar_t>();
-  const auto fill_value = static_cast<scalar_t>(fill);
+  const auto* src = static_cast<const bits_t*>(images.const_data_ptr());
+  auto* dst = static_cast<bits_t*>(masked.mutable_data_ptr());
   at::parallel_for(0, images.size(0) * channels, 1, [&](int64_t begin, int64_t end) {
     for (int64_t p = begin; p < end; ++p) {
-      const bool* keep_b = keep + (p / channels) * plane;
-      const scalar_t* in = src + p * plane;
-      scalar_t* out = dst + p * plane;
+      const uint8_t* keep_b = keep + (p / channels) * plane;
+      const bits_t* in = src + p * plane;
+      bits_t* out = dst + p * plane;
+#pragma omp simd
       for (int64_t i = 0; i < plane; ++i) {
-        out[i] = keep_b[i] ? in[i] : fill_value;
+        const auto kept = static_cast<bits_t>(-static_cast<bits_t>(keep_b[i]));  // 0 or all ones
+        out[i] = static_cast<bits_t>((in[i] & kept) | (fill & ~kept));
       }
     }
   });
+}
+
+template <typename scalar_t>
+void masked_copy_of(const at::Tensor& images, const uint8_t* keep, double fill,
+                    at::Tensor& masked) {
+  using bits_t = std::conditional_t<sizeof(scalar_t) == 2, uint16_t,
+                                    std::conditional_t<sizeof(scalar_t) == 4, uint32_t, uint64_t>>;
+  static_assert(sizeof(bits_t) == sizeof(scalar_t));
+  masked_copy(images, keep, c10::bit_cast<bits_t>(static_cast<scalar_t>(fill)), masked);
 }
 
 std::tuple<at::Tensor, at::Tensor> saliency_mask_fwd_cpu(const at::Tensor& images,
@@ -134,11 +147,12 @@ std::tuple<at::Tensor, at::Tensor> saliency_mask_fwd_cpu(const at::Tensor& image
   AMC_CHECK(saliency.size(1) > 0 && saliency.size(2) > 0, kOp,
             "saliency maps must not be empty, got ", saliency.sizes());
   bool* keep_data = keep.mutable_data_ptr<bool>();
+  const auto* keep_bytes = reinterpret_cast<const uint8_t*>(keep_data);
   AMC_DISPATCH_FLOATING(saliency_data.scalar_type(), kOp, [&] {
     saliency_keep<scalar_t>(saliency_data, height, width, threshold, top_fraction, keep_data);
   });
   AMC_DISPATCH_FLOATING(image_data.scalar_type(), kOp,
-                        [&] { masked_copy<scalar_t>(image_data, keep_data, fill, masked); });
+                        [&] { masked_copy_of<scalar_t>(image_data, keep_bytes, fill, masked); });
   return {masked, keep};
 }
 

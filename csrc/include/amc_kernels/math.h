@@ -212,9 +212,10 @@ AMC_HOST_DEVICE CroppedTaps<acc_t> cropped_resize_taps(int64_t dst, int64_t star
           {crop.w0 * lo.w0, crop.w0 * lo.w1, crop.w1 * hi.w0, crop.w1 * hi.w1}};
 }
 
-// ---- "sum"-normalised maps (CGC, DESIGN §2.4 and §2.6) -------------------------------------
+// ---- map normalisation (DESIGN §2.4, §2.6, §2.7) ------------------------------------------
 
-// The constant ε = 1e-8 of s = X / (ΣX + ε) + ε, rounded to acc_t as torch rounds its Python bound.
+// ε = 1e-8 of every map normalisation (s = X / (ΣX + ε) + ε of CGC, ExCon's min-max), rounded
+// to acc_t as torch rounds the Python constant.
 template <typename acc_t>
 AMC_HOST_DEVICE acc_t map_eps() {
   return static_cast<acc_t>(1e-8);
@@ -227,6 +228,13 @@ AMC_HOST_DEVICE acc_t normalized_map_inner(acc_t xy, acc_t sum_x, acc_t sum_y, a
                                            acc_t sigma_y, acc_t count) {
   const acc_t eps = map_eps<acc_t>();
   return xy / (sigma_x * sigma_y) + eps * (sum_x / sigma_x + sum_y / sigma_y) + eps * eps * count;
+}
+
+// (x − lo) / ((hi − lo) + ε) for a map with minimum lo and maximum hi (ExCon's min-max
+// normalisation); hi − lo is max(x − lo) exactly, since rounding is monotonic.
+template <typename acc_t>
+AMC_HOST_DEVICE acc_t minmax_normalized(acc_t x, acc_t lo, acc_t hi) {
+  return (x - lo) / ((hi - lo) + map_eps<acc_t>());
 }
 
 }  // namespace amc_kernels
