@@ -840,10 +840,9 @@ def cgc_special_maps(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
         return torch.full((4, 5, 6), 0.7, dtype=torch.float64), torch.ones(4, 5, 6).double()
     if kind == "identical":  # u_b = v_b for the identity crop; duplicate augmented maps
         return maps[0], torch.cat([maps[0][:2], maps[0][:2]])
-    if kind == "zero":  # a zero map: σ = ε, s = ε everywhere
-        return maps[0] * torch.tensor([0.0, 1, 1, 1]).view(4, 1, 1), maps[1] * torch.tensor(
-            [1.0, 0, 1, 1]
-        ).view(4, 1, 1)
+    if kind == "zero":  # one zero map in each input: σ = ε and s = ε everywhere there
+        keep = torch.tensor([0.0, 1.0, 1.0, 1.0]).view(4, 1, 1)
+        return maps[0] * keep, maps[1] * keep.roll(1, 0)
     one_hot = torch.zeros(4, 5, 6, dtype=torch.float64)  # "peaked": one hot pixel per map
     one_hot.view(4, -1)[torch.arange(4), torch.tensor([0, 7, 29, 14])] = 3.0
     return one_hot, one_hot.flip(0)
