@@ -2,18 +2,21 @@
 
 info   versions, the build of amc_kernels._C, and the usable backends per op and device
 check  every usable backend against the reference on this machine's devices (exit 1 on failure)
+train  one training recipe: metrics JSON, checkpoint and Grad-CAM figure under --out
+compare  several recipes on the same data and seed: a side-by-side table and one figure
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 from collections.abc import Sequence
 
 import torch
 
-from . import _dispatch, _extension, functional, testing
+from . import _dispatch, _extension, functional, recipes, testing
 from ._version import __version__
 
 CHECK_DTYPES = {
@@ -171,6 +174,22 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .recipes.train import train
+
+    result = train(recipes.config.config_from_args(args))
+    print(json.dumps(result.metrics, indent=2))
+    print(f"wrote {', '.join(result.files.values())}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .recipes.compare import compare, parse_losses
+
+    compare(recipes.config.config_from_args(args), parse_losses(args.losses))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="amc-kernels",
@@ -185,6 +204,12 @@ def build_parser() -> argparse.ArgumentParser:
     check = commands.add_parser("check", help="every usable backend against the reference")
     check.add_argument("-v", "--verbose", action="store_true", help="list unavailable backends")
     check.set_defaults(run=cmd_check)
+    train = commands.add_parser("train", help="one training recipe (ce, amc, supcon, excon, cgc)")
+    recipes.config.add_arguments(train, compare=False)
+    train.set_defaults(run=cmd_train)
+    compare = commands.add_parser("compare", help="several recipes side by side, with a figure")
+    recipes.config.add_arguments(compare, compare=True)
+    compare.set_defaults(run=cmd_compare)
     return parser
 
 
