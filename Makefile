@@ -14,7 +14,7 @@ test: $(BUILT)
 
 demo: $(BUILT)
 	$(VENV)/bin/amc-kernels info
-	$(VENV)/bin/amc-kernels check
+	$(VENV)/bin/amc-kernels compare --dataset shapes --losses ce,amc,cgc --out out/demo
 
 lint: $(INSTALLED)
 	$(VENV)/bin/ruff check amc_kernels python_tests benchmarks setup.py

@@ -209,19 +209,19 @@ def test_views_keep_shape_and_are_seeded() -> None:
 
 
 @pytest.mark.parametrize(
-    ("model", "stem", "layer"),
+    ("model", "size", "layer"),
     [
-        ("small-cnn", None, "body.cam"),
-        ("resnet18", True, "body.layer2.1.conv2"),
-        ("resnet50", False, "body.layer4.2.conv3"),
+        ("small-cnn", 32, "body.cam"),
+        ("resnet18", 32, "body.layer2.1.conv2"),
+        ("resnet50", 64, "body.layer4.2.conv3"),
     ],
 )
-def test_models_expose_the_explained_map(model: str, stem: bool | None, layer: str) -> None:
-    config = TrainConfig(model=model, cifar_stem=stem, image_size=32).resolved()
+def test_models_expose_the_explained_map(model: str, size: int, layer: str) -> None:
+    config = TrainConfig(model=model, image_size=size).resolved()
     net = build_model(config, 5).eval()
-    fmap, embedding = net.features(torch.randn(2, 3, 32, 32))
+    fmap, embedding = net.features(torch.randn(2, 3, size, size))
     assert embedding.shape == (2, net.feature_dim) and fmap.shape[:2] == (2, net.feature_dim)
-    assert net(torch.randn(2, 3, 32, 32)).shape == (2, 5)
+    assert net(torch.randn(2, 3, size, size)).shape == (2, 5)
     assert excon_layer(config) == layer and net.cam_layer in dict(net.named_modules())
 
 
@@ -236,7 +236,7 @@ def test_rampup_is_the_official_schedule() -> None:
 
 def test_resolved_defaults_scale_with_the_run() -> None:
     config = TrainConfig(epochs=8).resolved()
-    assert (config.amc_rampup, config.excon_start, config.linear_epochs) == (2.0, 2, 2)
+    assert (config.amc_rampup, config.excon_start, config.linear_epochs) == (8.0, 2, 2)
     assert config.insertion_step == 32 and config.model == "small-cnn"
     cifar = TrainConfig(dataset="cifar10").resolved()
     assert (cifar.model, cifar.cifar_stem, cifar.epochs, cifar.amc_rampup) == (

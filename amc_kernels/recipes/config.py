@@ -133,8 +133,8 @@ class TrainConfig:
         epochs = values["epochs"]
         if values["cifar_stem"] is None:
             values["cifar_stem"] = values["image_size"] <= 64
-        if values["amc_rampup"] is None:  # official: 50 of 200 epochs
-            values["amc_rampup"] = epochs / 4
+        if values["amc_rampup"] is None:  # official: 50 epochs, capped at the run's length
+            values["amc_rampup"] = float(min(50, epochs))
         if values["excon_start"] is None:  # official CIFAR-100: explanations from epoch 50 of 200
             values["excon_start"] = math.floor(epochs / 4)
         if values["linear_epochs"] is None:
@@ -216,7 +216,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, compare: bool) -> None:
     amc.add_argument(
         "--amc-rampup",
         type=float,
-        help="ramp-up epochs of exp(−5(1−t/T)²) (default: epochs/4, as 50 of 200)",
+        help="ramp-up epochs T of exp(−5(1−t/T)²) (default: the official 50, at most --epochs)",
     )
     amc.add_argument("--amc-labels", choices=("pred", "true"), default=d.amc_labels)
     amc.add_argument("--amc-pairs", choices=("halves", "all"), default=d.amc_pairs)

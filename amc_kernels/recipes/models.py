@@ -108,12 +108,12 @@ def build_model(config: TrainConfig, num_classes: int) -> Net:
 
 
 def excon_layer(config: TrainConfig) -> str:
-    """ExCon's explained layer: layer2's last block (CIFAR-size inputs) or layer4's (larger);
-    the small CNN's last map."""
+    """ExCon's explained layer: the last block's last convolution of layer2 for CIFAR-size
+    inputs (≤ 32 px), of layer4 for larger ones (Tiny ImageNet); the small CNN's last map."""
     if config.model == "small-cnn":
         return "body.cam"
-    block = {"resnet18": ("1", "conv2"), "resnet50": ("3", "conv3")}[config.model]
-    if config.cifar_stem:
-        return f"body.layer2.{block[0]}.{block[1]}"
+    block, conv = {"resnet18": ("1", "conv2"), "resnet50": ("3", "conv3")}[config.model]
+    if config.image_size <= 32:
+        return f"body.layer2.{block}.{conv}"
     last = {"resnet18": "1", "resnet50": "2"}[config.model]
-    return f"body.layer4.{last}.{block[1]}"
+    return f"body.layer4.{last}.{conv}"

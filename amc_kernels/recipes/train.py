@@ -6,7 +6,7 @@ Recipes (``config.loss``), all through the package's public losses and so its fa
 - ``amc``: CE + w(t)·amc_loss(e, ŷ) on the GAP embedding e, ŷ the detached predictions
   (``amc_labels="pred"``, the official training script) or the labels; w(t) = λ·rampup(t),
   rampup(t) = exp(−5(1 − t/T)²) for t < T, then 1 (official λ = 100·0.1 = 10, T = 50 of 200
-  epochs; here t counts fractional epochs and T defaults to a quarter of the run).
+  epochs; here t counts fractional epochs and T defaults to min(50, epochs)).
 - ``supcon``: SupCon on the projection head over two contrastive views for ``epochs`` encoder
   epochs, then ``linear_epochs`` of CE for the linear classifier on the frozen encoder.
 - ``excon``: ExCon's alternation of an encoder epoch and a classifier epoch. From epoch
