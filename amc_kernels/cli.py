@@ -177,16 +177,24 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     from .recipes.train import train
 
-    result = train(recipes.config.config_from_args(args))
+    try:
+        result = train(recipes.config.config_from_args(args))
+    except (FileNotFoundError, ImportError) as error:  # missing data or optional packages
+        print(f"amc-kernels train: {error}", file=sys.stderr)
+        return 2
     print(json.dumps(result.metrics, indent=2))
     print(f"wrote {', '.join(result.files.values())}")
     return 0
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from .recipes.compare import compare, parse_losses
+    from .recipes.compare import compare
 
-    compare(recipes.config.config_from_args(args), parse_losses(args.losses))
+    try:
+        compare(recipes.config.config_from_args(args), args.losses)
+    except (FileNotFoundError, ImportError) as error:
+        print(f"amc-kernels compare: {error}", file=sys.stderr)
+        return 2
     return 0
 
 

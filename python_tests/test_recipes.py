@@ -3,9 +3,11 @@ checkpoints, and the `train` / `compare` commands. Everything runs on tiny data 
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import pickle
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +18,7 @@ from amc_kernels import cli
 from amc_kernels.recipes import TrainConfig
 from amc_kernels.recipes import data as D
 from amc_kernels.recipes.augment import Augmenter
-from amc_kernels.recipes.compare import parse_losses
+from amc_kernels.recipes.config import parse_losses
 from amc_kernels.recipes.models import build_model, excon_layer
 from amc_kernels.recipes.train import evaluate, load_checkpoint, rampup, train
 from amc_kernels.reference.cgc_loss import transform_map
@@ -34,7 +36,16 @@ TINY = {
     "metric_images": 6,
     "figure_images": 3,
     "quiet": True,
+    "threads": 1,  # tiny tensors run fastest on one thread
 }
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads() -> Iterator[None]:
+    """Runs set torch's thread count (``threads``); give the other tests theirs back."""
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
 
 
 # --- data -----------------------------------------------------------------------------------
@@ -248,7 +259,7 @@ def test_resolved_defaults_scale_with_the_run() -> None:
     with pytest.raises(ValueError, match="loss must be one of"):
         TrainConfig(loss="triplet").resolved()
     assert parse_losses("ce, amc") == ["ce", "amc"]
-    with pytest.raises(ValueError, match="--losses"):
+    with pytest.raises(argparse.ArgumentTypeError, match="comma-separated subset"):
         parse_losses("ce,nope")
 
 
@@ -331,3 +342,14 @@ def test_cli_compare_prints_the_table_and_writes_the_figure(
         tmp_path / "cgc" / "metrics.json"
     ).exists()
     assert set(json.loads((tmp_path / "comparison.json").read_text())) == {"ce", "cgc"}
+
+
+def test_cli_reports_missing_data_without_a_traceback(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["train", "--dataset", "cifar10", "--data-dir", str(tmp_path), "--quiet"]
+    assert cli.main(argv) == 2
+    assert "nothing is ever downloaded" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["compare", "--losses", "ce,triplet"])
+    assert "comma-separated subset" in capsys.readouterr().err

@@ -8,7 +8,7 @@ import json
 import time
 from pathlib import Path
 
-from .config import LOSSES, TrainConfig
+from .config import TrainConfig
 from .data import load_data
 from .figures import gradcam_grid
 from .train import Log, RunResult, train
@@ -25,16 +25,6 @@ COLUMNS = (
     ("increase_rate", "increase % ↑", 100, 1),
     ("train_seconds", "train s", 1, 0),
 )
-
-
-def parse_losses(text: str) -> list[str]:
-    losses = [name.strip() for name in text.split(",") if name.strip()]
-    unknown = [name for name in losses if name not in LOSSES]
-    if unknown or not losses:
-        raise ValueError(
-            f"--losses must be a comma-separated subset of {','.join(LOSSES)}; got {text!r}"
-        )
-    return losses
 
 
 def table(results: dict[str, RunResult]) -> tuple[list[str], list[list[str]]]:

@@ -169,13 +169,26 @@ def _scale(text: str) -> tuple[float, float]:
     return pair
 
 
+def parse_losses(text: str) -> list[str]:
+    """``--losses``: a comma-separated subset of :data:`LOSSES`."""
+    losses = [name.strip() for name in text.split(",") if name.strip()]
+    if not losses or any(name not in LOSSES for name in losses):
+        raise argparse.ArgumentTypeError(
+            f"expected a comma-separated subset of {','.join(LOSSES)}, got {text!r}"
+        )
+    return losses
+
+
 def add_arguments(parser: argparse.ArgumentParser, *, compare: bool) -> None:
     """The flags of ``amc-kernels train`` (``compare=False``) or ``compare``."""
     d = TrainConfig()
     by = "default: per data set, see README"
     if compare:
         parser.add_argument(
-            "--losses", default="ce,amc,cgc", help="comma-separated recipes (default: ce,amc,cgc)"
+            "--losses",
+            type=parse_losses,
+            default=["ce", "amc", "cgc"],
+            help="comma-separated recipes (default: ce,amc,cgc)",
         )
     else:
         parser.add_argument("--loss", choices=LOSSES, default=d.loss, help="the recipe")

@@ -45,6 +45,7 @@ from ..nn import GradCAM
 from .augment import Augmenter
 from .config import TrainConfig
 from .data import ImageData, Split, load_data, loader
+from .figures import gradcam_grid
 from .models import Net, build_model, excon_layer, projection_head
 
 CHECKPOINT_FORMAT = "amc-kernels-recipe-1"
@@ -453,8 +454,6 @@ def train(
 ) -> RunResult:
     """Run one recipe: train, evaluate, and (``save``) write metrics.json, checkpoint.pt and
     gradcam.png under ``config.out``. ``data`` reuses an already loaded data set."""
-    from .figures import gradcam_grid
-
     config = config.resolved()
     if config.threads:
         torch.set_num_threads(config.threads)
