@@ -25,7 +25,7 @@ DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
         "train_size": 3000,
         "test_size": 1000,
         "model": "small-cnn",
-        "epochs": 6,
+        "epochs": 10,
         "batch_size": 64,
         "optimizer": "adam",
         "lr": 3e-3,
@@ -111,7 +111,7 @@ class TrainConfig:
     cgc_cam: str = "cam"
     cgc_scale: tuple[float, float] = (0.08, 1.0)
     cgc_flip_bug: bool = False
-    metric_images: int = 256
+    metric_images: int = 512
     insertion_step: int | None = None
     pointing_tolerance: int = 0
     figure_images: int = 8
