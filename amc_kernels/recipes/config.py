@@ -231,17 +231,36 @@ def add_arguments(parser: argparse.ArgumentParser, *, compare: bool) -> None:
         type=float,
         help="ramp-up epochs T of exp(−5(1−t/T)²) (default: the official 50, at most --epochs)",
     )
-    amc.add_argument("--amc-labels", choices=("pred", "true"), default=d.amc_labels)
-    amc.add_argument("--amc-pairs", choices=("halves", "all"), default=d.amc_pairs)
-    amc.add_argument("--amc-margin", type=float, default=d.amc_margin, help="radians")
+    amc.add_argument(
+        "--amc-labels",
+        choices=("pred", "true"),
+        default=d.amc_labels,
+        help="S_ij from the detached predictions (official) or the labels (default: pred)",
+    )
+    amc.add_argument(
+        "--amc-pairs",
+        choices=("halves", "all"),
+        default=d.amc_pairs,
+        help="(k, k+N/2) pairs (official) or every pair (default: halves)",
+    )
+    amc.add_argument("--amc-margin", type=float, default=d.amc_margin, help="radians (0.5)")
     con = parser.add_argument_group("supcon and excon")
-    con.add_argument("--temperature", type=float, default=d.temperature)
-    con.add_argument("--base-temperature", type=float, default=d.base_temperature)
-    con.add_argument("--linear-epochs", type=int, help="supcon: classifier epochs after training")
+    con.add_argument("--temperature", type=float, default=d.temperature, help="T (0.1)")
+    con.add_argument(
+        "--base-temperature", type=float, default=d.base_temperature, help="T_base (0.07)"
+    )
+    con.add_argument(
+        "--linear-epochs", type=int, help="supcon: classifier epochs after (default: epochs/4, ≥ 2)"
+    )
     con.add_argument(
         "--excon-start", type=int, help="first epoch with masked views (default: epochs/4)"
     )
-    con.add_argument("--excon-threshold", type=float, default=d.excon_threshold)
+    con.add_argument(
+        "--excon-threshold",
+        type=float,
+        default=d.excon_threshold,
+        help="keep pixels of min-max saliency above this (0.5)",
+    )
     con.add_argument(
         "--excon-negatives",
         action=argparse.BooleanOptionalAction,
@@ -250,7 +269,9 @@ def add_arguments(parser: argparse.ArgumentParser, *, compare: bool) -> None:
     )
     cgc = parser.add_argument_group("cgc")
     cgc.add_argument("--cgc-weight", type=float, default=d.cgc_weight, help="λ (README: 0.5)")
-    cgc.add_argument("--cgc-temperature", type=float, default=d.cgc_temperature, help="τ")
+    cgc.add_argument(
+        "--cgc-temperature", type=float, default=d.cgc_temperature, help="τ (README: 0.5)"
+    )
     cgc.add_argument(
         "--cgc-cam",
         choices=("cam", "gradcam"),
@@ -273,8 +294,15 @@ def add_arguments(parser: argparse.ArgumentParser, *, compare: bool) -> None:
         help="test images for the explanation metrics",
     )
     ev.add_argument("--insertion-step", type=int, help="pixels per step (default: H·W/32)")
-    ev.add_argument("--pointing-tolerance", type=int, default=d.pointing_tolerance)
-    ev.add_argument("--figure-images", type=int, default=d.figure_images)
+    ev.add_argument(
+        "--pointing-tolerance",
+        type=int,
+        default=d.pointing_tolerance,
+        help="pointing game: a hit within this many pixels of the mask (0)",
+    )
+    ev.add_argument(
+        "--figure-images", type=int, default=d.figure_images, help="columns of the figures"
+    )
     ev.add_argument(
         "--out", default="out/demo" if compare else d.out, help="folder for every output"
     )

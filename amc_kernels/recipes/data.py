@@ -1,8 +1,8 @@
 """Data sets of the recipes. Nothing is ever downloaded (DESIGN §9).
 
 - ``shapes`` (the default): generated in memory from a seed. Six shape classes at random
-  positions, scales, rotations and colours on textured clutter (a smooth colour field, stripes,
-  pixel noise) with Gaussian distractor blobs, and each image's object mask.
+  positions, scales, small rotations and colours on textured clutter (a smooth colour field,
+  stripes, pixel noise) with Gaussian distractor blobs, and each image's object mask.
 - ``digits``: scikit-learn's bundled 8×8 handwritten digits (1 797 images), upsampled.
 - ``cifar10`` / ``cifar100``: the standard python batches in a local folder.
 - ``imagefolder``: a folder of class subfolders (Tiny ImageNet, CUB, ...), either split into
@@ -156,9 +156,9 @@ def generate_shapes(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(uint8 images [N, 3, S, S], labels [N], object masks [N, S, S] bool), fixed by the seed.
 
-    Balanced classes; object radius 18–28 % of the side, fully inside the image; the object's
-    colour differs from the background's base colour by 0.3–0.5 in every channel; up to four
-    distractor blobs of any colour lie under the object.
+    Balanced classes; object radius 18–28 % of the side, rotated by up to ±20°, fully inside
+    the image; the object's colour differs from the background's base colour by 0.3–0.5 in
+    every channel; up to four distractor blobs of any colour lie under the object.
     """
     g = torch.Generator().manual_seed(seed)
 
