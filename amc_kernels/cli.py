@@ -3,18 +3,21 @@
 info   versions, the build of amc_kernels._C, and the usable backends per op and device
 check  every usable backend against the reference on this machine's devices (exit 1 on failure)
 bench  time and peak memory of every op, backend and peer (amc_kernels.benchmarks; DESIGN §6)
+train  one training recipe: metrics JSON, checkpoint and Grad-CAM figure under --out
+compare  several recipes on the same data and seed: a side-by-side table and one figure
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import platform
 import sys
 from collections.abc import Sequence
 
 import torch
 
-from . import _dispatch, _extension, functional, testing
+from . import _dispatch, _extension, functional, recipes, testing
 from ._version import __version__
 
 CHECK_DTYPES = {
@@ -172,6 +175,30 @@ def cmd_check(args: argparse.Namespace) -> int:
     return 1 if failures else 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from .recipes.train import train
+
+    try:
+        result = train(recipes.config.config_from_args(args))
+    except (FileNotFoundError, ImportError) as error:  # missing data or optional packages
+        print(f"amc-kernels train: {error}", file=sys.stderr)
+        return 2
+    print(json.dumps(result.metrics, indent=2))
+    print(f"wrote {', '.join(result.files.values())}")
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from .recipes.compare import compare
+
+    try:
+        compare(recipes.config.config_from_args(args), args.losses)
+    except (FileNotFoundError, ImportError) as error:
+        print(f"amc-kernels compare: {error}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from .benchmarks import _harness  # imported here: the harness imports this module's helpers
 
@@ -195,6 +222,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _harness.add_arguments(bench, cli=True)
     bench.set_defaults(run=_harness.run_cli)
+    train = commands.add_parser("train", help="one training recipe (ce, amc, supcon, excon, cgc)")
+    recipes.config.add_arguments(train, compare=False)
+    train.set_defaults(run=cmd_train)
+    compare = commands.add_parser("compare", help="several recipes side by side, with a figure")
+    recipes.config.add_arguments(compare, compare=True)
+    compare.set_defaults(run=cmd_compare)
     return parser
 
 
