@@ -1,13 +1,17 @@
-"""Benchmark of gradcam on B maps of K channels at 7×7 (a ResNet's last stage at 224×224).
+"""Benchmark of gradcam on B maps of K channels at 7×7 (a ResNet's last stage at 224×224) or 14×14.
 
 Variants:
   mean-224     Grad-CAM weights, no ReLU, bilinear to 224×224, min-max normalised (ExCon's use
                of captum); peer: captum's LayerGradCam, upsampled and normalised the same way
   elementwise  Σ_k G_k ⊙ A_k with ReLU at the layer's resolution (CGC's code); no peer
-Analytic work per call, with P = 49 map pixels, O output pixels (224² or 49), s bytes per element:
-  forward    mean-224: 3·B·K·P + 11·B·O FLOPs; elementwise: 2·B·K·P + B·O FLOPs;
-             2·B·K·P·s read (A and G), B·O·s written
-  backward   mean-224: 4·B·K·P + 11·B·O FLOPs; elementwise: 2·B·K·P + B·O FLOPs;
+  mean-14      the defaults (Grad-CAM weights, ReLU, no resize, no normalisation) on 14×14 maps
+               (a ResNet's third stage at 224×224); no peer
+Analytic work per call, with P map pixels (49, or 196 for mean-14), O output pixels (224² or P),
+s bytes per element:
+  forward    mean-224: 3·B·K·P + 11·B·O FLOPs; mean-14: 3·B·K·P + B·O FLOPs;
+             elementwise: 2·B·K·P + B·O FLOPs; 2·B·K·P·s read (A and G), B·O·s written
+  backward   mean-224: 4·B·K·P + 11·B·O FLOPs; mean-14: 4·B·K·P + B·O FLOPs;
+             elementwise: 2·B·K·P + B·O FLOPs;
              2·B·K·P·s + B·O·s read, 2·B·K·P·s written (the gradients of A and G)
 11 FLOPs per output pixel count the bilinear taps (8) and the normalisation (3).
 captum derives G by back-propagating through a probe head whose gradient at the layer is
@@ -34,15 +38,16 @@ from amc_kernels.benchmarks._harness import (
     main,
 )
 
-SIDE = 7
+SIDES = {"mean-224": 7, "elementwise": 7, "mean-14": 14}
 OUTPUT = (224, 224)
 EXCON = {"weighting": "mean", "relu": False, "normalize": "minmax", "output_size": OUTPUT}
 CGC = {"weighting": "elementwise", "relu": True}
+DEFAULTS: dict[str, Any] = {}
 
 
-def maps(options: dict[str, Any]) -> Callable[[Draw, int, int], Inputs]:
+def maps(options: dict[str, Any], side: int) -> Callable[[Draw, int, int], Inputs]:
     def inputs(draw: Draw, b: int, k: int) -> Inputs:
-        activations, gradients = draw.normal(b, k, SIDE, SIDE), draw.normal(b, k, SIDE, SIDE)
+        activations, gradients = draw.normal(b, k, side, side), draw.normal(b, k, side, side)
         return Inputs((activations, gradients), options, grads=(0, 1))
 
     return inputs
@@ -78,11 +83,14 @@ def captum_gradcam(inputs: Inputs) -> Callable[[], torch.Tensor]:
 
 
 def work(variant: str, b: int, k: int, s: int, mode: str) -> tuple[float, float]:
-    pixels = SIDE * SIDE
+    pixels = SIDES[variant] ** 2
     channels = b * k * pixels
     if variant == "mean-224":
         out = b * OUTPUT[0] * OUTPUT[1]
         forward_flops, backward_flops = 3.0 * channels + 11 * out, 4.0 * channels + 11 * out
+    elif variant == "mean-14":
+        out = b * pixels
+        forward_flops, backward_flops = 3.0 * channels + out, 4.0 * channels + out
     else:
         out = b * pixels
         forward_flops = backward_flops = 2.0 * channels + out
@@ -98,10 +106,11 @@ BENCH = OpBench(
     variants=(
         Variant(
             "mean-224",
-            maps(EXCON),
+            maps(EXCON, SIDES["mean-224"]),
             (Peer("captum-LayerGradCam", "captum", captum_gradcam, differentiable=False),),
         ),
-        Variant("elementwise", maps(CGC)),
+        Variant("elementwise", maps(CGC, SIDES["elementwise"])),
+        Variant("mean-14", maps(DEFAULTS, SIDES["mean-14"])),
     ),
     work=work,
     quick=Sweep((32, 128), (512,)),

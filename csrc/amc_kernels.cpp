@@ -83,7 +83,9 @@ TORCH_LIBRARY(amc_kernels, m) {
   // gradcam (DESIGN §2.4). normalize: "none" | "max" | "minmax" | "sum"; output_size [] keeps H×W.
   // The forward also returns what the backward would otherwise re-read A and G for: the raw
   // map Σ_k α_k·A_k (or Σ_k G_k ⊙ A_k) before the ReLU, [B, H, W], and α = mean_hw G, [B, K]
-  // ([B, 0] for "elementwise"), both fp32 (fp64 for fp64 inputs).
+  // ([B, 0] for "elementwise"), both fp32 (fp64 for fp64 inputs). For "mean" the backward's
+  // gradient of `gradients` is constant over each channel's pixels and is returned as
+  // [B, K, 1, 1], to be expanded by the caller.
   m.def(
       "gradcam_fwd(Tensor activations, Tensor gradients, str weighting, bool relu, str normalize, "
       "int[] output_size) -> (Tensor, Tensor, Tensor)");

@@ -57,7 +57,9 @@ def _(
     normalize: str,
     output_size: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return activations.new_empty(activations.shape), gradients.new_empty(gradients.shape)
+    per_channel = (*gradients.shape[:2], 1, 1)
+    grad_gradients = gradients.new_empty(per_channel if weighting == "mean" else gradients.shape)
+    return activations.new_empty(activations.shape), grad_gradients
 
 
 def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
@@ -69,10 +71,12 @@ def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
 
 
 def _backward(ctx: Any, grad: torch.Tensor, _grad_raw: Any, _grad_alpha: Any) -> tuple:
+    gradients = ctx.saved_tensors[1]
     grad_activations, grad_gradients = torch.ops.amc_kernels.gradcam_bwd(
         grad, *ctx.saved_tensors, *ctx.options
     )
-    return grad_activations, grad_gradients, None, None, None, None
+    # "mean": one value per channel ([B, K, 1, 1]); expanding it writes no B·K·H·W tensor.
+    return grad_activations, grad_gradients.expand_as(gradients), None, None, None, None
 
 
 torch.library.register_autograd("amc_kernels::gradcam_fwd", _backward, setup_context=_setup_context)
