@@ -613,7 +613,7 @@ def test_cpp_special_vectors(kind: str, dtype: torch.dtype) -> None:
 def test_cpp_gradient_at_the_clamp_bound_follows_torch_clamp(
     dtype: torch.dtype, sign: float
 ) -> None:
-    from amc_kernels.cpp_ops._clamp_convention import CLAMP_GRAD_AT_BOUNDS
+    from amc_kernels._clamp_convention import CLAMP_GRAD_AT_BOUNDS
 
     # ⟨x̂_0, x̂_1⟩ = ±(1 − δ) exactly: θ sits on the clamp bound; equal labels give dℓ/dθ = 2θ.
     bound = torch.tensor(1 - DELTA, dtype=dtype)

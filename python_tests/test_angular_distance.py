@@ -526,7 +526,7 @@ def clamp_bound_pair(dtype: torch.dtype, sign: float) -> tuple[torch.Tensor, tor
 def test_cpp_gradient_at_the_clamp_bound_follows_torch_clamp(
     dtype: torch.dtype, sign: float
 ) -> None:
-    from amc_kernels.cpp_ops._clamp_convention import CLAMP_GRAD_AT_BOUNDS
+    from amc_kernels._clamp_convention import CLAMP_GRAD_AT_BOUNDS
 
     x, y = clamp_bound_pair(dtype, sign)
     grads = {}

@@ -6,7 +6,7 @@ from typing import Any
 
 import torch
 
-from ._clamp_convention import CLAMP_GRAD_AT_BOUNDS
+from .._clamp_convention import CLAMP_GRAD_AT_BOUNDS
 from ._common import forbid_double_backward, register_compiled
 
 OP = "amc_loss"

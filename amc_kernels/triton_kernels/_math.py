@@ -16,9 +16,9 @@ that the constants and the precise operations are chosen at compile time.
   fp32: max |error| 3.0e-7 rad, 1.26 ulp of θ (torch.arccos in fp32: 1.9e-7 rad, 0.79 ulp);
   fp64: max |error| 8.9e-16 rad, 2 ulp of θ.
 * :func:`clamped_arccos_grad`: dθ/dc = −1/√(1 − c·c) (as torch.arccos's backward evaluates it)
-  inside the bounds, 0 outside. At the bounds
-  themselves it follows the running torch's clamp (``AT_BOUNDS``, see
-  :data:`CLAMP_GRAD_AT_BOUNDS`), so the kernels reproduce the reference exactly there too.
+  inside the bounds, 0 outside. At the bounds themselves it follows the running torch's clamp
+  (``AT_BOUNDS``, see :mod:`amc_kernels._clamp_convention`), so the kernels reproduce the
+  reference exactly there too.
 * :func:`amc_pair_loss`, :func:`amc_pair_loss_grad`: ℓ(θ) and dℓ/dθ of the AMC loss.
 * :func:`online_lse_update`: one tile of a streaming log-sum-exp in base 2.
 
@@ -28,7 +28,6 @@ The bounds ±(1 − 1e-7) are rounded to the compute dtype as torch.clamp rounds
 
 from __future__ import annotations
 
-import torch
 import triton
 import triton.language as tl
 
@@ -46,18 +45,6 @@ ASIN_P1 = tl.constexpr(0.07495297491550446)
 ASIN_P2 = tl.constexpr(0.04547037556767464)
 ASIN_P3 = tl.constexpr(0.02417951636016369)
 ASIN_P4 = tl.constexpr(0.04216630756855011)
-
-
-def clamp_grad_at_bounds() -> bool:
-    """Whether this torch's clamp passes the gradient at x = hi (older) or gives 0 (2.14+)."""
-    with torch.inference_mode(False), torch.enable_grad():
-        x = torch.ones((), dtype=torch.float64, requires_grad=True)
-        (grad,) = torch.autograd.grad(x.clamp(-1.0, 1.0), x)
-    return bool(grad.item() == 1.0)
-
-
-#: The clamp convention of the running torch (pytorch/pytorch#184574), measured once.
-CLAMP_GRAD_AT_BOUNDS = clamp_grad_at_bounds()
 
 
 @triton.jit

@@ -25,8 +25,8 @@ import torch
 import triton
 import triton.language as tl
 
+from .._clamp_convention import CLAMP_GRAD_AT_BOUNDS
 from ._common import interpreter_enabled
-from ._math import CLAMP_GRAD_AT_BOUNDS
 
 MMA_IEEE = tl.constexpr(0)
 MMA_LOW = tl.constexpr(1)

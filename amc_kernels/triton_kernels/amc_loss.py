@@ -19,9 +19,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .._clamp_convention import CLAMP_GRAD_AT_BOUNDS
 from ._common import interpreter_enabled, register_triton
 from ._math import (
-    CLAMP_GRAD_AT_BOUNDS,
     amc_pair_loss,
     amc_pair_loss_grad,
     clamped_arccos,

@@ -16,8 +16,9 @@ import torch
 import triton
 import triton.language as tl
 
+from .._clamp_convention import CLAMP_GRAD_AT_BOUNDS
 from ._common import register_triton
-from ._math import CLAMP_GRAD_AT_BOUNDS, clamped_arccos, clamped_arccos_grad
+from ._math import clamped_arccos, clamped_arccos_grad
 from ._tiles import (
     compute_dtype,
     forbid_double_backward,

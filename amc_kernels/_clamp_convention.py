@@ -3,7 +3,7 @@
 torch.clamp(x, lo, hi) has no derivative at x = lo or x = hi. Older torch versions pass the
 gradient there (subgradient 1); newer ones give the minimum-norm subgradient 0
 (pytorch/pytorch#184574; torch 2.14 does). The reference inherits the convention of the torch
-it runs on, so the compiled backward ops take it as an argument, measured once at import.
+it runs on, so the C++ and Triton backward kernels take it as an argument, measured once at import.
 """
 
 from __future__ import annotations
