@@ -4,6 +4,9 @@ Analytic work per call (s: bytes per element of the dtype; labels are int64):
   forward            2·N²·D FLOPs (the Gram GEMM);         N·D·s + 8·N read
   backward           4·N²·D FLOPs (two gradient GEMMs);    N·D·s + 8·N read, N·D·s written
   forward+backward   the sum of both
+The counts are those of dense GEMMs; a kernel that computes only the upper-triangle tiles
+(every pair once) and recomputes the Gram in the backward does N²·D + 3·N²·D FLOPs, so its
+fraction of the matmul peak can exceed 1: its floor is 4·N²·D / the matmul rate.
 The pair terms and the arccos are O(N²) and not counted. pairs="halves" is O(N·D) and is not
 swept. No peer: no other library implements the AMC loss.
 """

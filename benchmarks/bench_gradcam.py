@@ -11,8 +11,10 @@ s bytes per element:
   forward    mean-224: 3·B·K·P + 11·B·O FLOPs; mean-14: 3·B·K·P + B·O FLOPs;
              elementwise: 2·B·K·P + B·O FLOPs; 2·B·K·P·s read (A and G), B·O·s written
   backward   mean-224: 4·B·K·P + 11·B·O FLOPs; mean-14: 4·B·K·P + B·O FLOPs;
-             elementwise: 2·B·K·P + B·O FLOPs;
-             2·B·K·P·s + B·O·s read, 2·B·K·P·s written (the gradients of A and G)
+             elementwise: 2·B·K·P + B·O FLOPs; B·K·P·s (mean) or 2·B·K·P·s (elementwise) +
+             B·O·s read; written: the gradient of A, B·K·P·s, and that of G, B·K·P·s for
+             elementwise but B·K·s for mean (one value per channel, which an expanded tensor
+             carries; the reference writes it at every pixel)
 11 FLOPs per output pixel count the bilinear taps (8) and the normalisation (3).
 captum derives G by back-propagating through a probe head whose gradient at the layer is
 exactly G (score_b = Σ A_b ⊙ G_b), so its time includes that product and one reduction, as with
@@ -95,7 +97,10 @@ def work(variant: str, b: int, k: int, s: int, mode: str) -> tuple[float, float]
         out = b * pixels
         forward_flops = backward_flops = 2.0 * channels + out
     forward = forward_flops, float(2 * channels * s + out * s)
-    backward = backward_flops, float(4 * channels * s + out * s)
+    if variant == "elementwise":
+        backward = backward_flops, float(4 * channels * s + out * s)
+    else:
+        backward = backward_flops, float(2 * channels * s + b * k * s + out * s)
     return by_mode(forward, backward, mode)
 
 

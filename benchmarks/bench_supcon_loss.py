@@ -5,6 +5,10 @@ Analytic work per call (s: bytes per element of the dtype; labels are int64):
   forward            2·A·C·D FLOPs (the logit GEMM);       V·N·D·s + 8·N read
   backward           4·A·C·D FLOPs (two gradient GEMMs);   V·N·D·s + 8·N read, V·N·D·s written
   forward+backward   the sum of both
+The counts are those of dense GEMMs; kernels that compute only the upper-triangle tiles of a
+symmetric similarity (contrast_mode "all") and recompute the logits in the backward do
+1·A·C·D + 3·A·C·D FLOPs, so their fraction of the matmul peak can exceed 1: the floor of such
+a kernel is 4·A·C·D / the matmul rate for forward+backward.
 The log-sum-exp epilogue is O(A·C) and not counted; SimCLR reads no labels.
 Peers, on the same normalised embeddings and temperature (base_temperature = temperature, so the
 scales agree): pytorch-metric-learning's SupConLoss for SupCon and NTXentLoss for SimCLR. They
