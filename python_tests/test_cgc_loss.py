@@ -1005,9 +1005,10 @@ CGC_TRITON_DTYPES = [
         for dt in (torch.float16, torch.bfloat16)
     ],
 ]
-# (B, h, w, size): one sample; 1×1 maps; odd shapes; a batch beyond one 16-row block of the
-# B×B kernels and maps beyond one 16×16 tile (the GPU blocks are 64 rows).
-CGC_TRITON_SHAPES = [(1, 7, 7, 16), (3, 1, 1, 16), (5, 3, 5, 37), (19, 17, 6, 24)]
+# (B, h, w, size): one sample; 1×1 maps; a 1×1 frame (size 1 reaches a GPU kernel as a constexpr);
+# odd shapes; a batch beyond one 16-row block of the B×B kernels and maps beyond one 16×16 tile
+# (the GPU blocks are 64 rows).
+CGC_TRITON_SHAPES = [(1, 7, 7, 16), (3, 1, 1, 16), (2, 3, 2, 1), (5, 3, 5, 37), (19, 17, 6, 24)]
 
 
 @pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])

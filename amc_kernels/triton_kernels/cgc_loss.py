@@ -79,7 +79,16 @@ def cgc_matmul_kernel(
 
 @triton.jit
 def load_tile(
-    ptr, b, stride_b, stride_r, stride_c, R, C, dtype, BLOCK_R: tl.constexpr, BLOCK_C: tl.constexpr
+    ptr,
+    b,
+    stride_b,
+    stride_r,
+    stride_c,
+    R,
+    C,
+    dtype: tl.constexpr,
+    BLOCK_R: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
     """Matrix b [R, C] of a strided batch as a zero-padded [BLOCK_R, BLOCK_C] tile in dtype."""
     r = tl.arange(0, BLOCK_R).to(tl.int64)
@@ -90,7 +99,7 @@ def load_tile(
 
 
 @triton.jit
-def load_vector(ptr, b, stride_b, n, dtype, BLOCK: tl.constexpr):
+def load_vector(ptr, b, stride_b, n, dtype: tl.constexpr, BLOCK: tl.constexpr):
     """Vector b [n] of a batch with rows `stride_b` apart, zero-padded to BLOCK, in dtype."""
     i = tl.arange(0, BLOCK).to(tl.int64)
     return tl.load(ptr + b * stride_b + i, mask=i < n, other=0.0).to(dtype)
@@ -231,7 +240,7 @@ def cgc_ce_fwd_kernel(
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_mask = rows < B
     dtype = tl.float64 if FP64 else tl.float32
-    count = SIZE.to(dtype) * SIZE.to(dtype)
+    count = (tl.zeros([], dtype) + SIZE) * SIZE  # SIZE may arrive as constexpr 1
     tau = tl.load(tau_ptr)
     sum_y, sigma_aug, norm_v = aug_stats(
         stats_ptr, yy_ptr, rows, row_mask, B, stride_yb, stride_yj, count
@@ -300,7 +309,7 @@ def cgc_ce_bwd_kernel(
     rows = tl.program_id(0).to(tl.int64) * BLOCK_B + tl.arange(0, BLOCK_B)
     row_mask = rows < B
     dtype = tl.float64 if FP64 else tl.float32
-    count = SIZE.to(dtype) * SIZE.to(dtype)
+    count = (tl.zeros([], dtype) + SIZE) * SIZE  # SIZE may arrive as constexpr 1
     tau = tl.load(tau_ptr)
     scale = tl.load(scale_ptr)
     sum_y, sigma_aug, norm_v = aug_stats(
@@ -421,8 +430,10 @@ def _resize_matrix(n: int, size: int, dtype: torch.dtype, device: torch.device) 
     """R [size, n]: the bilinear resize n → size."""
     dst = torch.arange(size, device=device)
     i0, i1, w0, w1 = _taps(dst, torch.full_like(dst, n), size, dtype)
-    one_hot = torch.nn.functional.one_hot
-    return w0[:, None] * one_hot(i0, n).to(dtype) + w1[:, None] * one_hot(i1, n).to(dtype)
+    cols = torch.arange(n, device=device)
+    return w0[:, None] * (i0[:, None] == cols).to(dtype) + w1[:, None] * (i1[:, None] == cols).to(
+        dtype
+    )
 
 
 def _crop_matrices(
