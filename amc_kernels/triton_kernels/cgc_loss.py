@@ -13,6 +13,8 @@ online log-sum-exp (CE kernel). The backward recomputes all statistics, turns th
 the cosine chain-rule coefficients (CE backward kernel: dL/du_b = α_b v_b + β_b u_b,
 dL/dv_b = α_b u_b + Σ_j Ω_bj v_j), and pulls them back through the affine maps with three more
 sandwiches and Ω·Z (matmul kernel); the O(B·h·w) combination is elementwise torch.
+Memory: O(B·size·(h + w)) for the crop matrices, O(B·h·w) maps, O(B²) for the Gram and Ω
+(DESIGN §2.6 allows B², as the C++ kernels use). No atomics: every output has one writer.
 """
 
 from __future__ import annotations
