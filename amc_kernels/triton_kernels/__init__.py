@@ -1,5 +1,5 @@
 """Triton kernels, one module per op, registered as the `triton` backend when triton imports."""
 
-from . import amc_loss, angular_distance, supcon_loss
+from . import amc_loss, angular_distance, gradcam, supcon_loss
 
-__all__ = ["amc_loss", "angular_distance", "supcon_loss"]
+__all__ = ["amc_loss", "angular_distance", "gradcam", "supcon_loss"]
