@@ -33,10 +33,7 @@ def saliency_keys(
     """(e, key) of flat pixels ps: e min-max normalised, key its bit pattern (−1 off the mask)."""
     s = bilinear_sample(s_ptr, ps // W, ps % W, mask, h, w, H, W, stride_h, stride_w, False, FP64)
     e = (s - lo) / ((hi - lo) + tl.full([], 1e-8, tl.float64 if FP64 else tl.float32))
-    if FP64:
-        key = e.to(tl.int64, bitcast=True)
-    else:
-        key = e.to(tl.int32, bitcast=True).to(tl.int64)
+    key = e.to(tl.int64, bitcast=True) if FP64 else e.to(tl.int32, bitcast=True).to(tl.int64)
     return e, tl.where(mask, key, -1)
 
 
@@ -59,7 +56,9 @@ def select_kernel(
     for p0 in range(0, H * W, BLOCK):
         ps = p0 + tl.arange(0, BLOCK).to(tl.int64)
         mask = ps < H * W
-        s = bilinear_sample(src, ps // W, ps % W, mask, h, w, H, W, stride_sh, stride_sw, False, FP64)
+        s = bilinear_sample(
+            src, ps // W, ps % W, mask, h, w, H, W, stride_sh, stride_sw, False, FP64
+        )
         hi = tl.maximum(hi, tl.where(mask, s, -float("inf")))
         lo = tl.minimum(lo, tl.where(mask, s, float("inf")))
     hi_all = tl.max(hi, axis=0)
