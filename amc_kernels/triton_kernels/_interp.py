@@ -15,7 +15,8 @@ import triton.language as tl
 def linear_tap(dst, in_size, out_size, FP64: tl.constexpr):
     """(i0, i1, w0, w1) of output index `dst` (int64 tensor) on one axis."""
     dtype = tl.float64 if FP64 else tl.float32
-    scale = in_size.to(dtype) / out_size.to(dtype)
+    # tl.cast, not .to: a size equal to 1 arrives as a constexpr (Triton's specialisation).
+    scale = tl.cast(in_size, dtype) / tl.cast(out_size, dtype)
     src = tl.maximum(scale * (dst.to(dtype) + 0.5) - 0.5, 0.0)
     i0 = tl.minimum(src.to(tl.int64), in_size - 1)  # src ≥ 0: truncation is the floor
     i1 = tl.minimum(i0 + 1, in_size - 1)

@@ -41,11 +41,12 @@ def saliency_keys(
 def select_kernel(
     s_ptr, stats_ptr, sel_ptr, counts_ptr, h, w, H, W, T, KEEP,
     stride_sb, stride_sh, stride_sw,
-    TOP: tl.constexpr, FP64: tl.constexpr, BLOCK: tl.constexpr,
+    TOP: tl.constexpr, FP64: tl.constexpr, BITS: tl.constexpr, BLOCK: tl.constexpr,
 ):  # fmt: skip
     # stats[b] = (min s, max s) over the resized map s_b (H×W); with TOP: sel[b] = (v, k − #{key
-    # > v}) where v is the key of the KEEP-th largest e (bitwise binary search over the key bits,
-    # one pass over the pixels per bit), counts[b, t] = #{key = v} in pixel tile t.
+    # > v}) where v is the key of the KEEP-th largest e (bitwise binary search over the BITS key
+    # bits below the zero sign bit, one pass over the pixels per bit), counts[b, t] = #{key = v}
+    # in pixel tile t.
     # Grid: (B,): one image per program, BLOCK pixels at a time. Accumulation: fp32 (fp64 for
     # fp64 saliency); counts in int64.
     dtype = tl.float64 if FP64 else tl.float32
@@ -66,10 +67,9 @@ def select_kernel(
     tl.store(stats_ptr + b * 2, lo_all)
     tl.store(stats_ptr + b * 2 + 1, hi_all)
     if TOP:
-        bits: tl.constexpr = 63 if FP64 else 31  # the key bits below the (zero) sign bit
         prefix = tl.full([], 0, tl.int64)
-        for i in range(bits):
-            candidate = prefix | (tl.full([], 1, tl.int64) << (bits - 1 - i))
+        for i in range(BITS):
+            candidate = prefix | (tl.full([], 1, tl.int64) << (BITS - 1 - i))
             count = tl.full([], 0, tl.int64)
             for p0 in range(0, H * W, BLOCK):
                 ps = p0 + tl.arange(0, BLOCK).to(tl.int64)
@@ -160,7 +160,7 @@ def saliency_mask_fwd(
     _, h, w = saliency.shape
     launch(
         select_kernel, (batch,), saliency, stats, sel, counts, h, w, height, width, num_tiles,
-        keep_count, *saliency.stride(), TOP=top, FP64=fp64, **tiles,
+        keep_count, *saliency.stride(), TOP=top, FP64=fp64, BITS=63 if fp64 else 31, **tiles,
     )  # fmt: skip
     thr = torch.full((), threshold, dtype=dtype, device=images.device)
     fill_value = torch.full((), fill, dtype=images.dtype, device=images.device)
