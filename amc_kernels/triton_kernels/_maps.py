@@ -22,6 +22,19 @@ def map_tiles(k: int, hw: int) -> dict[str, int]:
     return {"BLOCK_K": block_k, "BLOCK_HW": block_hw, "num_warps": 4}
 
 
+def k_split(batch: int, k: int, hw: int, tiles: dict[str, int]) -> tuple[int, int]:
+    """(S, K_CHUNK): how many programs share the channels of one pixel tile.
+
+    GPUs: enough programs for about 512 in all (4 per SM of an H100) when the maps are small
+    (7×7 maps of 2048 channels); the interpreter splits whenever K spans several BLOCK_K chunks,
+    so that the atomic path is tested.
+    """
+    chunks = triton.cdiv(max(k, 1), tiles["BLOCK_K"])
+    programs = batch * triton.cdiv(hw, tiles["BLOCK_HW"])
+    split = min(chunks, 2 if interpreter_enabled() else max(1, 512 // max(programs, 1)))
+    return split, triton.cdiv(chunks, split) * tiles["BLOCK_K"]
+
+
 def pixel_tiles() -> dict[str, int]:
     """1-D tiles over the pixels of a resized map."""
     if interpreter_enabled():
@@ -44,6 +57,7 @@ def weighted_sum_kernel(
     t_ptr,
     out_ptr,
     K,
+    K_CHUNK,
     HW,
     W,
     DIVISOR,
@@ -59,14 +73,17 @@ def weighted_sum_kernel(
     stride_wk,
     ELEMENTWISE: tl.constexpr,
     GATHER: tl.constexpr,
+    SPLIT: tl.constexpr,
     FP64: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_HW: tl.constexpr,
 ):
     # out_b = (Σ_k w_rk·A_bk) / DIVISOR with r = t_b if GATHER else b (weights [R, K]), or
     # out_b = Σ_k G_bk ⊙ A_bk if ELEMENTWISE; out is [B, H·W] contiguous.
-    # Grid: (B, cdiv(H·W, BLOCK_HW)): one pixel tile of one map per program, streaming K in
-    # BLOCK_K chunks. Accumulation: fp32 (fp64 for fp64 inputs).
+    # Grid: (B, cdiv(H·W, BLOCK_HW), S): one pixel tile of one map and the channels
+    # [s·K_CHUNK, (s+1)·K_CHUNK) per program, streamed in BLOCK_K chunks; SPLIT (S > 1, small
+    # maps with many channels): the S partial sums are added atomically into a zeroed out in the
+    # accumulation dtype. Accumulation: fp32 (fp64 for fp64 inputs).
     dtype = tl.float64 if FP64 else tl.float32
     b = tl.program_id(0).to(tl.int64)
     ps = tl.program_id(1).to(tl.int64) * BLOCK_HW + tl.arange(0, BLOCK_HW)
@@ -74,8 +91,9 @@ def weighted_sum_kernel(
     row = b
     if GATHER:
         row = tl.load(t_ptr + b).to(tl.int64)
+    k_start = tl.program_id(2).to(tl.int64) * K_CHUNK
     acc = tl.zeros([BLOCK_K, BLOCK_HW], dtype=dtype)
-    for k0 in range(0, K, BLOCK_K):
+    for k0 in range(k_start, tl.minimum(k_start + K_CHUNK, K), BLOCK_K):
         ks = k0 + tl.arange(0, BLOCK_K).to(tl.int64)
         mask = (ks < K)[:, None] & p_mask[None, :]
         a_off = map_offsets(b, ks, ps, W, stride_ab, stride_ak, stride_ah, stride_aw)
@@ -88,7 +106,10 @@ def weighted_sum_kernel(
             wk = tl.load(wt_ptr + w_off, mask=ks < K, other=0.0).to(dtype)
             acc += wk[:, None] * a
     out = tl.sum(acc, axis=0) / DIVISOR
-    tl.store(out_ptr + b * HW + ps, out.to(out_ptr.dtype.element_ty), mask=p_mask)
+    if SPLIT:
+        tl.atomic_add(out_ptr + b * HW + ps, out, mask=p_mask)
+    else:
+        tl.store(out_ptr + b * HW + ps, out.to(out_ptr.dtype.element_ty), mask=p_mask)
 
 
 @triton.jit

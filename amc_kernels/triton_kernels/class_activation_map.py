@@ -1,6 +1,7 @@
 """Triton class_activation_map (DESIGN §2.5): CAM_b = Σ_k W[t_b, k]·A_bk / (H·W), fused over K.
 
-Forward: weighted_sum_kernel with the weight row gathered at t_b (one pixel tile per program).
+Forward: weighted_sum_kernel with the weight row gathered at t_b (one pixel tile per program;
+channels split over programs, atomically, for small maps).
 Backward: weighted_sum_bwd_kernel, one block of channels per program: dA_bk = W[t_b, k]·g_b/(H·W)
 and dW[t_b, k] += Σ_hw g_b ⊙ A_bk/(H·W), accumulated with atomics in the compute dtype (several
 maps may share a class; B·K atomics in all, so contention is low).
@@ -14,7 +15,7 @@ import torch
 import triton
 
 from ._common import register_triton
-from ._maps import map_tiles, weighted_sum_bwd_kernel, weighted_sum_kernel
+from ._maps import k_split, map_tiles, weighted_sum_bwd_kernel, weighted_sum_kernel
 from ._tiles import compute_dtype, forbid_double_backward, launch
 
 OP = "class_activation_map"
@@ -26,17 +27,20 @@ def class_activation_map_fwd(
 ) -> torch.Tensor:
     """CAM [B, H, W] in the activations' dtype."""
     batch, k, h, w = activations.shape
-    out = activations.new_empty((batch, h, w))
-    if out.numel() == 0:
-        return out
     tiles = map_tiles(k, h * w)
+    split, k_chunk = k_split(batch, k, h * w, tiles)
+    dtype = compute_dtype(activations.dtype) if split > 1 else activations.dtype
+    out = activations.new_zeros((batch, h, w), dtype=dtype)
+    if out.numel() == 0:
+        return out.to(activations.dtype)
     launch(
-        weighted_sum_kernel, (batch, triton.cdiv(h * w, tiles["BLOCK_HW"])),
-        activations, activations, fc_weight, targets, out, k, h * w, w, h * w,
+        weighted_sum_kernel, (batch, triton.cdiv(h * w, tiles["BLOCK_HW"]), split),
+        activations, activations, fc_weight, targets, out, k, k_chunk, h * w, w, h * w,
         *activations.stride(), *activations.stride(), *fc_weight.stride(),
-        ELEMENTWISE=False, GATHER=True, FP64=activations.dtype == torch.float64, **tiles,
+        ELEMENTWISE=False, GATHER=True, SPLIT=split > 1,
+        FP64=activations.dtype == torch.float64, **tiles,
     )  # fmt: skip
-    return out
+    return out.to(activations.dtype)
 
 
 @torch.library.triton_op("amc_kernels::class_activation_map_triton_bwd", mutates_args=())

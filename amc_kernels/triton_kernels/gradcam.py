@@ -19,7 +19,14 @@ import triton.language as tl
 
 from ._common import register_triton
 from ._interp import bilinear_sample, bilinear_scatter
-from ._maps import map_offsets, map_tiles, pixel_tiles, weighted_sum_bwd_kernel, weighted_sum_kernel
+from ._maps import (
+    k_split,
+    map_offsets,
+    map_tiles,
+    pixel_tiles,
+    weighted_sum_bwd_kernel,
+    weighted_sum_kernel,
+)
 from ._tiles import compute_dtype, forbid_double_backward, launch
 
 OP = "gradcam"
@@ -208,7 +215,7 @@ def _weighted_sum(a: torch.Tensor, g: torch.Tensor, weighting: str) -> tuple:
     dtype = compute_dtype(a.dtype)
     tiles = map_tiles(k, h * w)
     alpha = a.new_empty((batch, k if weighting == "mean" else 0), dtype=dtype)
-    raw = a.new_empty((batch, h, w), dtype=dtype)
+    raw = a.new_zeros((batch, h, w), dtype=dtype)
     fp64 = a.dtype == torch.float64
     if weighting == "mean":
         launch(
@@ -216,11 +223,13 @@ def _weighted_sum(a: torch.Tensor, g: torch.Tensor, weighting: str) -> tuple:
             g, alpha, k, h * w, w, *_strides(g), FP64=fp64, **tiles,
         )  # fmt: skip
     weights = alpha if weighting == "mean" else g
+    split, k_chunk = k_split(batch, k, h * w, tiles)
     launch(
-        weighted_sum_kernel, (batch, triton.cdiv(h * w, tiles["BLOCK_HW"])),
-        a, g, weights, raw, raw, k, h * w, w, 1, *_strides(a), *_strides(g),
+        weighted_sum_kernel, (batch, triton.cdiv(h * w, tiles["BLOCK_HW"]), split),
+        a, g, weights, raw, raw, k, k_chunk, h * w, w, 1, *_strides(a), *_strides(g),
         k if weighting == "mean" else 0, 1,
-        ELEMENTWISE=weighting == "elementwise", GATHER=False, FP64=fp64, **tiles,
+        ELEMENTWISE=weighting == "elementwise", GATHER=False, SPLIT=split > 1, FP64=fp64,
+        **tiles,
     )  # fmt: skip
     return raw, alpha
 
