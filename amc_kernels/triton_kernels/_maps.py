@@ -150,11 +150,12 @@ def weighted_sum_bwd_kernel(
 ):
     # dRaw_b = d_b / DIVISOR, zeroed where raw_b ≤ 0 if RELU (raw: [B, H·W] contiguous).
     # ELEMENTWISE: dA = G ⊙ dRaw, dG = A ⊙ dRaw. Otherwise dA_bk = w_rk·dRaw_b and
-    # s_bk = Σ_hw dRaw_b ⊙ A_bk; MEAN_G (Grad-CAM, w = α = mean_hw G): dG_bk = s_bk/(H·W)
-    # everywhere; GATHER (CAM, r = t_b): dW[t_b, k] += s_bk atomically (dw: [C, K] contiguous).
-    # dA, dG: [B, K, H·W] contiguous. Grid: (B, cdiv(K, BLOCK_K)): a block of channels of one map
-    # per program, streaming H·W in BLOCK_HW chunks (twice for MEAN_G). Accumulation: fp32
-    # (fp64 for fp64 inputs).
+    # s_bk = Σ_hw dRaw_b ⊙ A_bk; MEAN_G (Grad-CAM, w = α = mean_hw G): dG_bk = s_bk/(H·W), one
+    # value per channel (dg: [B, K] contiguous, expanded over H×W by the caller); GATHER (CAM,
+    # r = t_b): dW[t_b, k] += s_bk atomically (dw: [C, K] contiguous). dA (and dG when
+    # ELEMENTWISE): [B, K, H·W] contiguous. Grid: (B, cdiv(K, BLOCK_K)): a block of channels of
+    # one map per program, streaming H·W in BLOCK_HW chunks. Accumulation: fp32 (fp64 for fp64
+    # inputs).
     dtype = tl.float64 if FP64 else tl.float32
     b = tl.program_id(0).to(tl.int64)
     ks = tl.program_id(1).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -189,11 +190,6 @@ def weighted_sum_bwd_kernel(
             s += a * d_raw[None, :]
     if MEAN_G:
         dg = tl.sum(s, axis=1) / HW
-        for p0 in range(0, HW, BLOCK_HW):
-            ps = p0 + tl.arange(0, BLOCK_HW).to(tl.int64)
-            mask = k_mask[:, None] & (ps < HW)[None, :]
-            out_off = (b * K + ks)[:, None] * HW + ps[None, :]
-            tile = tl.zeros([BLOCK_K, BLOCK_HW], dtype=dtype) + dg[:, None]
-            tl.store(dg_ptr + out_off, tile.to(dg_ptr.dtype.element_ty), mask=mask)
+        tl.store(dg_ptr + b * K + ks, dg.to(dg_ptr.dtype.element_ty), mask=k_mask)
     if GATHER:
         tl.atomic_add(dw_ptr + row * K + ks, tl.sum(s, axis=1), mask=k_mask)

@@ -6,7 +6,8 @@ partials (resize_kernel); out_b = normalize(y_b) from the reduced partials (norm
 Backward: the tie counts and Σ g·y of the normalisation come per tile (norm_partials_kernel);
 norm_bwd_kernel forms dY (amax/amin split their gradient evenly among ties, as torch) and
 scatters it through the resize transpose with atomics into dReLU [B, h, w]; weighted_sum_bwd_kernel
-applies the ReLU mask and the chain rule to A and G.
+applies the ReLU mask and the chain rule to A and G ("mean": dG_bk = Σ_hw dRaw ⊙ A_bk/(H·W) is
+one value per channel, returned expanded over H×W, so no B·K·H·W dG is written).
 """
 
 from __future__ import annotations
@@ -293,10 +294,12 @@ def gradcam_bwd(
     normalize: str,
     output_size: list[int],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(∂L/∂activations, ∂L/∂gradients) in their dtypes, from ∂L/∂maps."""
+    """(∂L/∂activations, ∂L/∂gradients) in their dtypes, from ∂L/∂maps; with "mean" weighting
+    ∂L/∂gradients is one value per channel, [B, K, 1, 1] (the caller expands it over H×W)."""
     batch, k, h, w = activations.shape
     grad_a = torch.empty_like(activations, memory_format=torch.contiguous_format)
-    grad_g = torch.empty_like(gradients, memory_format=torch.contiguous_format)
+    per_channel = (batch, k, 1, 1) if weighting == "mean" else gradients.shape
+    grad_g = gradients.new_empty(per_channel)
     if batch == 0:
         return grad_a, grad_g
     fp64 = activations.dtype == torch.float64
@@ -340,7 +343,8 @@ def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
 
 def _backward(ctx: Any, grad: torch.Tensor, *_unused: Any) -> tuple:
     grad_a, grad_g = gradcam_bwd(grad, *ctx.saved_tensors, *ctx.options)
-    return grad_a, grad_g, None, None, None, None
+    # "mean": one value per channel; expanding it writes no B·K·H·W tensor.
+    return grad_a, grad_g.expand(ctx.saved_tensors[1].shape), None, None, None, None
 
 
 gradcam_fwd.register_autograd(_backward, setup_context=_setup_context)
