@@ -3,6 +3,8 @@ gradients, dtypes, validation."""
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -593,3 +595,143 @@ def test_cpp_cam_is_the_automatic_choice_on_cpu() -> None:
         rtol=0,
         atol=0,
     )
+
+
+# --- triton backend ---
+
+TRITON_DTYPES = [
+    pytest.param(torch.float32, id="float32"),
+    pytest.param(torch.float64, id="float64"),
+    pytest.param(torch.float16, id="float16", marks=pytest.mark.cuda),
+    pytest.param(torch.bfloat16, id="bfloat16", marks=pytest.mark.cuda),
+]
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def triton_device(request: pytest.FixtureRequest) -> torch.device:
+    """CPU under the Triton interpreter (the default without a GPU), or CUDA."""
+    pytest.importorskip("triton")
+    if request.param == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton runs on CPU tensors only under TRITON_INTERPRET=1")
+    return torch.device(request.param)
+
+
+def triton_cam_inputs(
+    shape: tuple[int, int, int, int, int], device: torch.device, dtype: torch.dtype, seed: int = 0
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(activations [B, K, H, W], fc_weight [C, K], targets [B]) from (B, K, H, W, C)."""
+    batch, k, h, w, classes = shape
+    a = rand(batch, k, h, w, seed=seed, dtype=dtype).to(device)
+    weight = rand(classes, k, seed=seed + 1, dtype=dtype).to(device)
+    return a, weight, rand_targets(batch, classes, seed=seed).to(device)
+
+
+def assert_triton_cam_matches(a: torch.Tensor, w: torch.Tensor, t: torch.Tensor) -> None:
+    ok, error, bound = compare_backend("class_activation_map", "triton", (a, w, t), {})
+    assert ok, f"triton error {error:.3g} above the bound {bound:.3g}"
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", TRITON_DTYPES)
+@pytest.mark.parametrize("size", ["one", "odd", "beyond_tile"])
+def test_triton_cam_matches_reference(
+    triton_device: torch.device, dtype: torch.dtype, size: str
+) -> None:
+    # beyond_tile: more channels and pixels than one tile (4 × 16 under the interpreter, up to
+    # 4096 elements on GPUs), and fewer classes than maps, so dW rows accumulate several maps.
+    big = (5, 9, 5, 7, 3) if triton_device.type == "cpu" else (6, 300, 40, 40, 4)
+    shape = {"one": (1, 1, 1, 1, 1), "odd": (3, 5, 3, 5, 7), "beyond_tile": big}[size]
+    assert_triton_cam_matches(*triton_cam_inputs(shape, triton_device, dtype, seed=sum(shape)))
+
+
+@pytest.mark.triton
+def test_triton_cam_non_contiguous_inputs_and_target_dtypes(triton_device: torch.device) -> None:
+    a, w, t = triton_cam_inputs((4, 3, 5, 6, 3), triton_device, torch.float64, seed=3)
+    a_view = a.transpose(2, 3).contiguous().transpose(2, 3)
+    w_view = w.T.contiguous().T  # column-major [C, K]
+    assert not a_view.is_contiguous() and not w_view.is_contiguous()
+    for targets in (t, t.to(torch.int32), t.to(torch.uint8)):
+        assert_triton_cam_matches(a_view, w_view, targets)
+    assert_triton_cam_matches(a[:, ::2], w[:, ::2], t)  # channel stride 2
+
+
+@pytest.mark.triton
+def test_triton_cam_all_maps_on_one_class(triton_device: torch.device) -> None:
+    # Every map adds into the same row of dW (atomics); the other rows stay exactly zero.
+    a, w, _ = triton_cam_inputs((6, 4, 3, 3, 5), triton_device, torch.float64, seed=5)
+    targets = torch.full((6,), 2, dtype=torch.long, device=triton_device)
+    assert_triton_cam_matches(a, w, targets)
+    leaf = w.clone().requires_grad_()
+    out = functional.class_activation_map(a, leaf, targets, backend="triton")
+    (grad,) = torch.autograd.grad(out.sum(), leaf)
+    assert torch.equal(grad[[0, 1, 3, 4]], torch.zeros_like(grad[[0, 1, 3, 4]]))
+
+
+@pytest.mark.triton
+def test_triton_cam_gradcheck(triton_device: torch.device) -> None:
+    a, w, t = triton_cam_inputs((3, 4, 2, 3, 2), triton_device, torch.float64, seed=8)
+    leaves = (a.requires_grad_(), w.requires_grad_())
+    assert torch.autograd.gradcheck(
+        lambda x, y: functional.class_activation_map(x, y, t, backend="triton"),
+        leaves,
+        fast_mode=True,
+    )
+
+
+@pytest.mark.triton
+def test_triton_cam_empty_batch_and_zero_channels(triton_device: torch.device) -> None:
+    for shape in ((0, 3, 4, 4, 2), (2, 0, 3, 4, 2)):
+        a, w, t = triton_cam_inputs(shape, triton_device, torch.float64)
+        leaves = (a.requires_grad_(), w.requires_grad_())
+        out = functional.class_activation_map(*leaves, t, backend="triton")
+        assert out.shape == (shape[0], *shape[2:4])
+        assert torch.equal(out, torch.zeros_like(out))
+        grads = torch.autograd.grad(out.sum(), leaves)
+        assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
+
+
+@pytest.mark.triton
+def test_triton_cam_opcheck(triton_device: torch.device) -> None:
+    from amc_kernels.triton_kernels import class_activation_map as ops
+
+    # Under the interpreter the fake-tensor checks would launch the interpreted kernels on fake
+    # tensors (it copies arguments to host memory), so CPU runs the schema and autograd checks.
+    utils = ("test_schema", "test_autograd_registration")
+    if triton_device.type == "cuda":
+        utils += ("test_faketensor", "test_aot_dispatch_dynamic")
+    a, w, t = triton_cam_inputs((3, 4, 2, 3, 2), triton_device, torch.float64, seed=9)
+    opcheck(ops.class_activation_map_fwd, (a.requires_grad_(), w, t), test_utils=utils)
+    grad = torch.randn(3, 2, 3, dtype=torch.float64, device=triton_device)
+    opcheck(ops.class_activation_map_bwd, (grad, a.detach(), w, t), test_utils=utils)
+
+
+@pytest.mark.triton
+@pytest.mark.cuda
+def test_triton_cam_torch_compile_fullgraph() -> None:
+    a, w, t = triton_cam_inputs((8, 64, 7, 7, 10), torch.device("cuda"), torch.float32, seed=2)
+    leaves = (a.requires_grad_(), w.requires_grad_())
+
+    @torch.compile(fullgraph=True)
+    def total(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        out = amc_kernels.class_activation_map(x, y, t, backend="triton")
+        return (out * out).sum()
+
+    got = total(*leaves)
+    grads = torch.autograd.grad(got, leaves)
+    exact = [x.detach().double().requires_grad_() for x in leaves]
+    ref = cam(*exact, t)
+    expected = (ref * ref).sum()
+    expected_grads = torch.autograd.grad(expected, exact)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
+    for x, y in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(x.double(), y, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.triton
+def test_triton_cam_double_backward_raises(triton_device: torch.device) -> None:
+    a, w, t = triton_cam_inputs((2, 3, 2, 2, 2), triton_device, torch.float64)
+    a.requires_grad_()
+    out = functional.class_activation_map(a, w, t, backend="triton")
+    (grad,) = torch.autograd.grad((out * out).sum(), a, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"double backward.*class_activation_map_triton_bwd"):
+        grad.sum().backward()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -874,3 +876,158 @@ def test_cpp_gradcam_is_the_automatic_choice_on_cpu() -> None:
     torch.testing.assert_close(
         amc_kernels.gradcam(a, g), functional.gradcam(a, g, backend="cpp"), rtol=0, atol=0
     )
+
+
+# --- triton backend ---
+
+TRITON_DTYPES = [
+    pytest.param(torch.float32, id="float32"),
+    pytest.param(torch.float64, id="float64"),
+    pytest.param(torch.float16, id="float16", marks=pytest.mark.cuda),
+    pytest.param(torch.bfloat16, id="bfloat16", marks=pytest.mark.cuda),
+]
+TRITON_OPTIONS = {
+    "mean-relu-max-up": ("mean", True, "max", (9, 8)),
+    "mean-none-same": ("mean", False, None, None),
+    "elem-relu-minmax-down": ("elementwise", True, "minmax", (3, 4)),
+    "elem-sum-skewed": ("elementwise", False, "sum", (11, 2)),
+}
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def triton_device(request: pytest.FixtureRequest) -> torch.device:
+    """CPU under the Triton interpreter (the default without a GPU), or CUDA."""
+    pytest.importorskip("triton")
+    if request.param == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton runs on CPU tensors only under TRITON_INTERPRET=1")
+    return torch.device(request.param)
+
+
+def triton_shape(size: str, device: torch.device) -> tuple[int, int, int, int]:
+    """[B, K, H, W]: one pixel; odd sizes; more channels and pixels than one tile (16 × 4
+    under the interpreter, 1024 pixels on GPUs)."""
+    big = (2, 9, 5, 7) if device.type == "cpu" else (3, 70, 36, 33)
+    return {"one": (1, 1, 1, 1), "odd": (3, 5, 3, 5), "beyond_tile": big}[size]
+
+
+def assert_triton_gradcam_matches(a: torch.Tensor, g: torch.Tensor, **kwargs) -> None:
+    ok, error, bound = compare_backend("gradcam", "triton", (a, g), kwargs)
+    assert ok, f"triton error {error:.3g} above the bound {bound:.3g}"
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", TRITON_DTYPES)
+@pytest.mark.parametrize("size", ["one", "odd", "beyond_tile"])
+@pytest.mark.parametrize("options", list(TRITON_OPTIONS.values()), ids=list(TRITON_OPTIONS))
+def test_triton_gradcam_matches_reference(
+    triton_device: torch.device, dtype: torch.dtype, size: str, options: tuple
+) -> None:
+    shape = triton_shape(size, triton_device)
+    a, g = (x.to(triton_device) for x in cpp_gradcam_inputs(shape, seed=sum(shape), dtype=dtype))
+    if size == "one" and options[2] == "minmax":
+        options = (*options[:2], "max", options[3])  # minmax of a resized 1×1 map is 0/ε-noise
+    assert_triton_gradcam_matches(a, g, **cpp_gradcam_kwargs(options, shape))
+
+
+@pytest.mark.triton
+def test_triton_gradcam_non_contiguous_inputs(triton_device: torch.device) -> None:
+    a, g = cpp_gradcam_inputs((2, 4, 5, 3), seed=11)
+    a_view = a.transpose(2, 3).contiguous().transpose(2, 3).to(triton_device)
+    g_view = torch.cat([g, g], dim=1)[:, ::2].to(triton_device)  # channel stride 2
+    assert not a_view.is_contiguous() and not g_view.is_contiguous()
+    for options in TRITON_OPTIONS.values():
+        assert_triton_gradcam_matches(a_view, g_view, **cpp_gradcam_kwargs(options, a.shape))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize(
+    ("normalize", "kind"),
+    [(n, k) for n in ("max", "minmax", "sum") for k in ("constant", "negative", "block")
+     if (n, k) != ("minmax", "constant")],  # a constant map under minmax is 0/ε-noise
+)  # fmt: skip
+def test_triton_gradcam_ties_and_flat_maps(
+    triton_device: torch.device, normalize: str, kind: str
+) -> None:
+    # Tied extremes share the amax/amin gradient evenly (as torch); ReLU'd zeros carry none.
+    a = cpp_gradcam_tied_map(kind).to(triton_device)
+    g = torch.ones_like(a)
+    for output_size in (None, (6, 5)):
+        assert_triton_gradcam_matches(a, g, normalize=normalize, output_size=output_size)
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("normalize", NORMALIZATIONS)
+def test_triton_gradcam_gradcheck(triton_device: torch.device, normalize: str | None) -> None:
+    a = positive(1, 2, 3, 3, seed=1).to(triton_device).requires_grad_()
+    g = positive(1, 2, 3, 3, seed=2).to(triton_device).requires_grad_()
+    for weighting in WEIGHTINGS:
+
+        def fn(x: torch.Tensor, y: torch.Tensor, weighting: str = weighting) -> torch.Tensor:
+            return functional.gradcam(
+                x, y, weighting=weighting, normalize=normalize, output_size=(4, 5),
+                backend="triton",
+            )  # fmt: skip
+
+        assert torch.autograd.gradcheck(fn, (a, g), fast_mode=True)
+
+
+@pytest.mark.triton
+def test_triton_gradcam_empty_batch_and_zero_channels(triton_device: torch.device) -> None:
+    empty = torch.zeros(0, 3, 4, 4, device=triton_device, requires_grad=True)
+    out = functional.gradcam(empty, empty, normalize="minmax", output_size=(5, 6), backend="triton")
+    assert out.shape == (0, 5, 6)
+    (grad,) = torch.autograd.grad(out.sum(), empty)
+    assert grad.shape == empty.shape
+    no_channels = torch.zeros(2, 0, 3, 4, dtype=torch.float64, device=triton_device)
+    for normalize in NORMALIZATIONS:
+        got = functional.gradcam(no_channels, no_channels, normalize=normalize, backend="triton")
+        expected = gradcam(no_channels.cpu(), no_channels.cpu(), normalize=normalize)
+        torch.testing.assert_close(got.cpu(), expected, rtol=0, atol=0)
+
+
+@pytest.mark.triton
+def test_triton_gradcam_opcheck(triton_device: torch.device) -> None:
+    from amc_kernels.triton_kernels import gradcam as ops
+
+    # Under the interpreter the fake-tensor checks would launch the interpreted kernels on fake
+    # tensors (it copies arguments to host memory), so CPU runs the schema and autograd checks.
+    utils = ("test_schema", "test_autograd_registration")
+    if triton_device.type == "cuda":
+        utils += ("test_faketensor", "test_aot_dispatch_dynamic")
+    a, g = (x.to(triton_device) for x in cpp_gradcam_inputs((2, 3, 4, 5), seed=4))
+    for weighting, relu, normalize, size in TRITON_OPTIONS.values():
+        options = (weighting, relu, normalize or "none", list(size or ()))
+        opcheck(ops.gradcam_fwd, (a.requires_grad_(), g, *options), test_utils=utils)
+        maps, raw, alpha, y = ops.gradcam_fwd(a.detach(), g, *options)
+        grad = torch.randn_like(maps)
+        opcheck(ops.gradcam_bwd, (grad, a.detach(), g, raw, alpha, y, *options), test_utils=utils)
+
+
+@pytest.mark.triton
+@pytest.mark.cuda
+def test_triton_gradcam_torch_compile_fullgraph() -> None:
+    a, g = (x.float().cuda().requires_grad_() for x in cpp_gradcam_inputs((4, 64, 7, 7), seed=6))
+
+    @torch.compile(fullgraph=True)
+    def total(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        maps = amc_kernels.gradcam(x, y, normalize="minmax", output_size=(32, 32), backend="triton")
+        return (maps * maps).sum()
+
+    got = total(a, g)
+    grads = torch.autograd.grad(got, (a, g))
+    leaves = [a.detach().double().requires_grad_(), g.detach().double().requires_grad_()]
+    maps = gradcam(*leaves, normalize="minmax", output_size=(32, 32))
+    expected = (maps * maps).sum()
+    expected_grads = torch.autograd.grad(expected, leaves)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
+    for x, y in zip(grads, expected_grads, strict=True):
+        torch.testing.assert_close(x.double(), y, rtol=1e-3, atol=1e-3)
+
+
+@pytest.mark.triton
+def test_triton_gradcam_double_backward_raises(triton_device: torch.device) -> None:
+    a = positive(1, 2, 3, 3, seed=1).to(triton_device).requires_grad_()
+    out = functional.gradcam(a, a.detach(), normalize="max", backend="triton")
+    (grad,) = torch.autograd.grad(out.sum(), a, create_graph=True)
+    with pytest.raises(RuntimeError, match=r"double backward.*gradcam_triton_bwd"):
+        grad.sum().backward()

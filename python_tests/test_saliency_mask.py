@@ -4,6 +4,7 @@ validation."""
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pytest
@@ -789,3 +790,145 @@ def test_cpp_mask_is_the_automatic_choice_on_cpu() -> None:
     got = amc_kernels.saliency_mask(images, saliency)
     expected = functional.saliency_mask(images, saliency, backend="cpp")
     assert all(torch.equal(x, y) for x, y in zip(got, expected, strict=True))
+
+
+# --- triton backend ---
+
+TRITON_DTYPES = [
+    pytest.param(torch.float32, id="float32"),
+    pytest.param(torch.float64, id="float64"),
+    pytest.param(torch.float16, id="float16", marks=pytest.mark.cuda),
+    pytest.param(torch.bfloat16, id="bfloat16", marks=pytest.mark.cuda),
+]
+TRITON_OPTIONS = {
+    "threshold": {"threshold": 0.4, "fill": -1.0},
+    "negative-threshold": {"threshold": -0.5},
+    "top-0.3": {"top_fraction": 0.3, "fill": 2.0},
+    "top-1": {"top_fraction": 1.0},
+}
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def triton_device(request: pytest.FixtureRequest) -> torch.device:
+    """CPU under the Triton interpreter (the default without a GPU), or CUDA."""
+    pytest.importorskip("triton")
+    if request.param == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton runs on CPU tensors only under TRITON_INTERPRET=1")
+    return torch.device(request.param)
+
+
+def assert_triton_mask_equals_reference(
+    images: torch.Tensor, saliency: torch.Tensor, **kwargs
+) -> None:
+    """Under the interpreter (same e, same comparisons, no fused multiply-adds) the keep mask
+    and the masked images are bit-identical; on GPUs the masks may differ only within
+    CPP_MASK_NEAR of the decision boundary (torch's CUDA resize rounds its own way), and the
+    masked images must follow the kernel's own mask exactly."""
+    masked, keep = functional.saliency_mask(images, saliency, backend="triton", **kwargs)
+    ref_masked, ref_keep = mask(images, saliency, **kwargs)
+    assert keep.dtype == torch.bool and masked.dtype == images.dtype
+    if images.device.type == "cpu":
+        assert torch.equal(keep, ref_keep), f"{(keep != ref_keep).sum()} pixels differ"
+        assert torch.equal(masked, ref_masked)
+        return
+    e = cpp_mask_e(images, saliency).flatten(1)
+    if kwargs.get("top_fraction") is None:
+        boundary = torch.full_like(e[:, :1], float(kwargs.get("threshold", 0.5)))
+    else:
+        k = int(kwargs["top_fraction"] * e.shape[1] + 0.5)
+        assert bool((keep.flatten(1).sum(1) == k).all())
+        boundary = e.sort(dim=1, descending=True).values[:, max(k - 1, 0)][:, None]
+    differs = keep.flatten(1) != ref_keep.flatten(1)
+    assert not bool((differs & ((e - boundary).abs() >= CPP_MASK_NEAR)).any())
+    fill = torch.full_like(images, kwargs.get("fill", 0.0))
+    assert torch.equal(masked, torch.where(keep[:, None], images, fill))
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("dtype", TRITON_DTYPES)
+@pytest.mark.parametrize("size", ["one", "odd", "beyond_tile"])
+@pytest.mark.parametrize("options", list(TRITON_OPTIONS.values()), ids=list(TRITON_OPTIONS))
+def test_triton_mask_matches_reference(
+    triton_device: torch.device, dtype: torch.dtype, size: str, options: dict
+) -> None:
+    # beyond_tile: more pixels than one tile (16 under the interpreter, 1024 on GPUs). The
+    # saliency stays fp32 for fp16/bf16 images (as the reference upcasts it anyway).
+    big = (2, 2, 7, 5, 3, 4) if triton_device.type == "cpu" else (3, 3, 48, 40, 7, 7)
+    shape = {"one": (1, 1, 1, 1, 1, 1), "odd": (2, 3, 3, 5, 2, 3), "beyond_tile": big}[size]
+    sal_dtype = torch.float64 if dtype == torch.float64 else torch.float32
+    images, saliency = cpp_mask_inputs(shape, seed=sum(shape), dtype=dtype, sal_dtype=sal_dtype)
+    assert_triton_mask_equals_reference(
+        images.to(triton_device), saliency.to(triton_device), **options
+    )
+
+
+@pytest.mark.triton
+@pytest.mark.parametrize("top_fraction", [0.01, 0.25, 0.5, 0.9])
+def test_triton_mask_top_fraction_breaks_ties_by_flat_index(
+    triton_device: torch.device, top_fraction: float
+) -> None:
+    # Quantised saliency on the images' own grid (no resize): many exactly tied values, so the
+    # k-th value is tied and only the first ties in flat order (the stable sort) are kept;
+    # a constant map ties everywhere (e = 0); f = 0.01 keeps k = 0 pixels.
+    saliency = (rand(2, 6, 5, seed=4) * 2).round().float()
+    images = rand(2, 2, 6, 5, seed=5).float()
+    for sal in (saliency, torch.zeros_like(saliency)):
+        assert_triton_mask_equals_reference(
+            images.to(triton_device), sal.to(triton_device), top_fraction=top_fraction
+        )
+
+
+@pytest.mark.triton
+def test_triton_mask_non_contiguous_inputs(triton_device: torch.device) -> None:
+    images, saliency = cpp_mask_inputs((2, 3, 6, 5, 4, 3), seed=3)
+    images = images.to(triton_device).transpose(2, 3).contiguous().transpose(2, 3)[:, ::2]
+    saliency = saliency.to(triton_device).transpose(1, 2).contiguous().transpose(1, 2)
+    assert not images.is_contiguous() and not saliency.is_contiguous()
+    for options in TRITON_OPTIONS.values():
+        assert_triton_mask_equals_reference(images, saliency, **options)
+
+
+@pytest.mark.triton
+def test_triton_mask_empty_batch_and_no_gradient(triton_device: torch.device) -> None:
+    images = torch.zeros(0, 3, 4, 4, device=triton_device)
+    masked, keep = functional.saliency_mask(
+        images, torch.zeros(0, 2, 2, device=triton_device), top_fraction=0.5, backend="triton"
+    )
+    assert masked.shape == (0, 3, 4, 4) and keep.shape == (0, 4, 4) and keep.dtype == torch.bool
+    images, saliency = cpp_mask_inputs((1, 2, 3, 3, 2, 2), seed=1)
+    masked, keep = functional.saliency_mask(
+        images.to(triton_device).requires_grad_(),
+        saliency.to(triton_device).requires_grad_(),
+        backend="triton",
+    )
+    assert not masked.requires_grad and not keep.requires_grad
+
+
+@pytest.mark.triton
+def test_triton_mask_opcheck(triton_device: torch.device) -> None:
+    from amc_kernels.triton_kernels import saliency_mask as ops
+
+    # Under the interpreter the fake-tensor checks would launch the interpreted kernels on fake
+    # tensors (it copies arguments to host memory), so CPU runs the schema check only.
+    utils = ("test_schema",)
+    if triton_device.type == "cuda":
+        utils += ("test_faketensor", "test_aot_dispatch_dynamic")
+    images, saliency = cpp_mask_inputs((2, 3, 5, 4, 3, 2), seed=7)
+    for top_fraction in (-1.0, 0.3):
+        args = (images.to(triton_device), saliency.to(triton_device), 0.5, top_fraction, -1.0)
+        opcheck(ops.saliency_mask_fwd, args, test_utils=utils)
+
+
+@pytest.mark.triton
+@pytest.mark.cuda
+def test_triton_mask_torch_compile_fullgraph() -> None:
+    images, saliency = (x.cuda() for x in cpp_mask_inputs((4, 3, 32, 32, 7, 7), seed=9))
+
+    @torch.compile(fullgraph=True)
+    def masked_sum(x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        masked, keep = amc_kernels.saliency_mask(x, s, top_fraction=0.4, backend="triton")
+        return masked.sum(), keep.sum()
+
+    expected = mask(images, saliency, top_fraction=0.4)
+    got = masked_sum(images, saliency)
+    torch.testing.assert_close(got, (expected[0].sum(), expected[1].sum()))
