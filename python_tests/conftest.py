@@ -11,6 +11,10 @@ if not torch.cuda.is_available():
     # The Triton kernels run on CPU under the interpreter; it must be on before they are defined.
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from amc_kernels import _extension
+
+needs_cpp = pytest.mark.skipif(not _extension.available(), reason="amc_kernels._C is not built")
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if torch.cuda.is_available():
@@ -34,6 +38,15 @@ DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)]
 
 @pytest.fixture(params=DEVICES)
 def device(request: pytest.FixtureRequest) -> torch.device:
+    return torch.device(request.param)
+
+
+@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def triton_device(request: pytest.FixtureRequest) -> torch.device:
+    """CPU under the Triton interpreter (the default without a GPU), or CUDA."""
+    pytest.importorskip("triton")
+    if request.param == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
+        pytest.skip("Triton runs on CPU tensors only under TRITON_INTERPRET=1")
     return torch.device(request.param)
 
 

@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
-from conftest import f64
+from conftest import f64, needs_cpp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -471,14 +470,6 @@ def test_cpp_backend_is_refused_with_candidates_or_matches_reference() -> None:
 
 # --- cpp backend ---
 
-
-def cpp_available() -> bool:
-    from amc_kernels import _extension
-
-    return _extension.available()
-
-
-needs_cpp = pytest.mark.skipif(not cpp_available(), reason="amc_kernels._C is not built")
 PAIRS = ("all", "halves")
 
 
@@ -762,15 +753,6 @@ TRITON_DTYPES = [
     ],
 ]
 PAIRS_REDUCTIONS = [(p, r) for p in ("all", "halves") for r in REDUCTIONS]
-
-
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
-def triton_device(request: pytest.FixtureRequest) -> torch.device:
-    """CPU under the Triton interpreter (the default without a GPU), or CUDA."""
-    pytest.importorskip("triton")
-    if request.param == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("Triton runs on CPU tensors only under TRITON_INTERPRET=1")
-    return torch.device(request.param)
 
 
 def beyond_one_tile(device: torch.device) -> int:

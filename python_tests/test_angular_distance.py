@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
-from conftest import f64
+from conftest import f64, needs_cpp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -410,15 +409,6 @@ CPP_SHAPES = {
 }
 
 
-def cpp_available() -> bool:
-    from amc_kernels import _extension
-
-    return _extension.available()
-
-
-needs_cpp = pytest.mark.skipif(not cpp_available(), reason="amc_kernels._C is not built")
-
-
 def cpp_angular(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     return functional.angular_distance(x, y, backend="cpp")
 
@@ -684,15 +674,6 @@ EXACT_DTYPES = [
     pytest.param(torch.float64, id="float64"),
 ]
 TRITON_DTYPES = [*EXACT_DTYPES, *LOW_PRECISION_CUDA]
-
-
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
-def triton_device(request: pytest.FixtureRequest) -> torch.device:
-    """CPU under the Triton interpreter (the default without a GPU), or CUDA."""
-    pytest.importorskip("triton")
-    if request.param == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("Triton runs on CPU tensors only under TRITON_INTERPRET=1")
-    return torch.device(request.param)
 
 
 def beyond_one_tile(device: torch.device) -> int:

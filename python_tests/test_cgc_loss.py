@@ -5,14 +5,15 @@ from __future__ import annotations
 
 import functools
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from conftest import needs_cpp
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from resize_oracle import np_resize
 
 import amc_kernels
 from amc_kernels import BackendUnavailableError, functional
@@ -44,25 +45,6 @@ def bools(values: object) -> torch.Tensor:
 # The numpy oracle: the official pipeline at size × size, literally, in float64. Bilinear
 # resampling (align_corners=False) is built from per-axis matrices; it never calls
 # amc_kernels.reference or F.interpolate.
-
-
-def np_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """[n_out, n_in]: src = (dst + ½)·n_in/n_out − ½, clamped below at 0; the upper neighbour
-    is clamped at the last pixel (PyTorch's align_corners=False convention)."""
-    scale = n_in / n_out
-    m = np.zeros((n_out, n_in))
-    for dst in range(n_out):
-        src = max(scale * (dst + 0.5) - 0.5, 0.0)
-        i0 = min(int(src), n_in - 1)
-        i1 = min(i0 + 1, n_in - 1)
-        lam = src - i0 if i1 > i0 else 0.0  # a clamped neighbour: the edge pixel, exactly
-        m[dst, i0] += 1.0 - lam
-        m[dst, i1] += lam
-    return m
-
-
-def np_resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    return np_resize_matrix(x.shape[0], size[0]) @ x @ np_resize_matrix(x.shape[1], size[1]).T
 
 
 def np_saliency(cam: np.ndarray, size: int) -> np.ndarray:
@@ -597,14 +579,6 @@ def test_cpp_backend_is_refused_with_candidates_or_matches_reference() -> None:
 
 # --- cpp backend ---
 
-
-def cpp_cgc_available() -> bool:
-    from amc_kernels import _extension
-
-    return _extension.available()
-
-
-needs_cpp_cgc = pytest.mark.skipif(not cpp_cgc_available(), reason="amc_kernels._C is not built")
 CPP_CGC_DTYPES = [
     pytest.param(dtype, id=str(dtype).split(".")[-1])
     for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16)
@@ -779,7 +753,7 @@ CGC_SHAPES = [(1, 7, 7, 16), (3, 1, 1, 16), (5, 3, 5, 37), (9, 7, 7, 32), (33, 4
 
 
 @pytest.mark.cpp
-@needs_cpp_cgc
+@needs_cpp
 @pytest.mark.parametrize("dtype", CPP_CGC_DTYPES)
 @pytest.mark.parametrize(("batch", "h", "w", "size"), CGC_SHAPES)
 def test_cpp_cgc_matches_reference(dtype: torch.dtype, batch: int, h: int, w: int, size: int):
@@ -789,7 +763,7 @@ def test_cpp_cgc_matches_reference(dtype: torch.dtype, batch: int, h: int, w: in
 
 
 @pytest.mark.cpp
-@needs_cpp_cgc
+@needs_cpp
 @pytest.mark.skipif(np.finfo(np.longdouble).eps > 1e-18, reason="np.longdouble is not extended")
 @pytest.mark.parametrize("size", [16, 37, 224])
 @pytest.mark.parametrize(("h", "w"), [(1, 1), (3, 5), (7, 7)])
@@ -809,7 +783,7 @@ def test_cpp_cgc_fp64_exact_over_crop_shapes(size: int, h: int, w: int) -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_cgc
+@needs_cpp
 @pytest.mark.parametrize("threads", [1, 3])
 def test_cpp_cgc_fp64_exact_over_many_tasks(threads: int) -> None:
     previous = torch.get_num_threads()
@@ -823,7 +797,7 @@ def test_cpp_cgc_fp64_exact_over_many_tasks(threads: int) -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_cgc
+@needs_cpp
 def test_cpp_cgc_non_contiguous_inputs() -> None:
     cam_orig, cam_aug = cgc_maps(6, 5, 3, seed=11)
     crops, flips = cgc_random_crops(12, 19, seed=11)
@@ -850,7 +824,7 @@ def cgc_special_maps(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.cpp
-@needs_cpp_cgc
+@needs_cpp
 @pytest.mark.parametrize("kind", ["constant", "identical", "zero", "peaked"])
 @pytest.mark.parametrize("dtype", CPP_CGC_DTYPES)
 def test_cpp_cgc_special_maps(kind: str, dtype: torch.dtype) -> None:
@@ -864,7 +838,7 @@ def test_cpp_cgc_special_maps(kind: str, dtype: torch.dtype) -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_cgc
+@needs_cpp
 def test_cpp_cgc_constant_maps_give_log_batch_at_any_size() -> None:
     # size = 10⁵: one size×size map would take 80 GB; the kernel's cost is linear in size.
     cams = torch.ones(3, 4, 4, dtype=torch.float64, requires_grad=True)
@@ -877,7 +851,7 @@ def test_cpp_cgc_constant_maps_give_log_batch_at_any_size() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_cgc
+@needs_cpp
 @pytest.mark.parametrize("dtype", CPP_CGC_DTYPES)
 def test_cpp_cgc_dtypes_empty_batch_and_single_sample(dtype: torch.dtype) -> None:
     loss_dtype = torch.float64 if dtype == torch.float64 else torch.float32
@@ -900,7 +874,7 @@ def test_cpp_cgc_dtypes_empty_batch_and_single_sample(dtype: torch.dtype) -> Non
 
 
 @pytest.mark.cpp
-@needs_cpp_cgc
+@needs_cpp
 def test_cpp_cgc_gradcheck() -> None:
     cam_orig, cam_aug = cgc_maps(4, 3, 4, seed=3)
     crops, flips = cgc_random_crops(4, 11, seed=3)
@@ -912,7 +886,7 @@ def test_cpp_cgc_gradcheck() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_cgc
+@needs_cpp
 def test_cpp_cgc_opcheck() -> None:
     from torch.library import opcheck
 
@@ -930,7 +904,7 @@ def test_cpp_cgc_opcheck() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_cgc
+@needs_cpp
 def test_cpp_cgc_under_torch_compile() -> None:
     cam_orig, cam_aug = cgc_maps(6, 4, 5, seed=6, dtype=torch.float32)
     crops, flips = cgc_random_crops(6, 13, seed=6)
@@ -949,7 +923,7 @@ def test_cpp_cgc_under_torch_compile() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_cgc
+@needs_cpp
 @settings(max_examples=15, deadline=None)
 @given(
     batch=st.integers(0, 6),
@@ -968,7 +942,7 @@ def test_cpp_cgc_property_matches_reference(
 
 
 @pytest.mark.cpp
-@needs_cpp_cgc
+@needs_cpp
 def test_cpp_cgc_double_backward_raises() -> None:
     cam_orig, cam_aug = cgc_maps(3, 3, 3, seed=8)
     crops, flips = cgc_random_crops(3, 7, seed=8)
@@ -980,7 +954,7 @@ def test_cpp_cgc_double_backward_raises() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_cgc
+@needs_cpp
 def test_cpp_cgc_dispatcher_picks_cpp_for_cpu_tensors() -> None:
     from amc_kernels import _dispatch
 
@@ -1011,15 +985,6 @@ CGC_TRITON_DTYPES = [
 CGC_TRITON_SHAPES = [(1, 7, 7, 16), (3, 1, 1, 16), (2, 3, 2, 1), (5, 3, 5, 37), (19, 17, 6, 24)]
 
 
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
-def cgc_triton_device(request: pytest.FixtureRequest) -> torch.device:
-    """CPU under the Triton interpreter (the default without a GPU), or CUDA."""
-    pytest.importorskip("triton")
-    if request.param == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("Triton runs on CPU tensors only under TRITON_INTERPRET=1")
-    return torch.device(request.param)
-
-
 def cgc_triton_inputs(batch, h, w, size, seed, device, dtype=torch.float64):
     cam_orig, cam_aug = cgc_maps(batch, h, w, seed=seed, dtype=dtype)
     crops, flips = cgc_random_crops(batch, size, seed=seed)
@@ -1047,61 +1012,61 @@ def assert_triton_cgc_exact(*args: object, **kwargs: object) -> None:
 @pytest.mark.parametrize("dtype", CGC_TRITON_DTYPES)
 @pytest.mark.parametrize(("batch", "h", "w", "size"), CGC_TRITON_SHAPES)
 def test_triton_cgc_matches_reference(
-    cgc_triton_device: torch.device, dtype: torch.dtype, batch: int, h: int, w: int, size: int
+    triton_device: torch.device, dtype: torch.dtype, batch: int, h: int, w: int, size: int
 ) -> None:
-    inputs = cgc_triton_inputs(batch, h, w, size, batch + size, cgc_triton_device, dtype)
+    inputs = cgc_triton_inputs(batch, h, w, size, batch + size, triton_device, dtype)
     assert_triton_cgc_matches(*inputs, temperature=0.3, size=size)
 
 
 @pytest.mark.triton
 @pytest.mark.parametrize(("batch", "h", "w", "size"), CGC_TRITON_SHAPES)
 def test_triton_cgc_fp64_exact(
-    cgc_triton_device: torch.device, batch: int, h: int, w: int, size: int
+    triton_device: torch.device, batch: int, h: int, w: int, size: int
 ) -> None:
-    inputs = cgc_triton_inputs(batch, h, w, size, 3 * batch + size, cgc_triton_device)
+    inputs = cgc_triton_inputs(batch, h, w, size, 3 * batch + size, triton_device)
     assert_triton_cgc_exact(*inputs, temperature=0.07, size=size)
 
 
 @pytest.mark.triton
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-def test_triton_cgc_edge_crops(cgc_triton_device: torch.device, dtype: torch.dtype) -> None:
+def test_triton_cgc_edge_crops(triton_device: torch.device, dtype: torch.dtype) -> None:
     # Identity, 1×1 corner, border-strip and non-square crops, every other one flipped.
     crops, flips = cgc_edge_crops(13)
     cam_orig, cam_aug = cgc_maps(len(crops), 5, 4, seed=31, dtype=dtype)
     args = (cam_orig, cam_aug, crops, flips)
-    args = tuple(a.to(cgc_triton_device) for a in args)
+    args = tuple(a.to(triton_device) for a in args)
     assert_triton_cgc_matches(*args, temperature=0.5, size=13)
     if dtype == torch.float64:
         assert_triton_cgc_exact(*args, temperature=0.5, size=13)
 
 
 @pytest.mark.triton
-def test_triton_cgc_non_contiguous_inputs(cgc_triton_device: torch.device) -> None:
+def test_triton_cgc_non_contiguous_inputs(triton_device: torch.device) -> None:
     cam_orig, cam_aug = cgc_maps(6, 5, 8, seed=41)
-    orig = cam_orig.transpose(1, 2).to(cgc_triton_device)  # [6, 8, 5], transposed strides
-    aug = cam_aug.to(cgc_triton_device)[:, ::1, ::1].transpose(1, 2)
+    orig = cam_orig.transpose(1, 2).to(triton_device)  # [6, 8, 5], transposed strides
+    aug = cam_aug.to(triton_device)[:, ::1, ::1].transpose(1, 2)
     crops, flips = cgc_random_crops(12, 16, seed=41)
-    crops = crops.to(cgc_triton_device)[::2]  # strided rows
-    flips = flips.to(cgc_triton_device)[::2]
+    crops = crops.to(triton_device)[::2]  # strided rows
+    flips = flips.to(triton_device)[::2]
     assert not orig.is_contiguous() and not crops.is_contiguous()
     assert_triton_cgc_exact(orig, aug, crops, flips, size=16)
 
 
 @pytest.mark.triton
-def test_triton_cgc_constant_maps_give_log_batch(cgc_triton_device: torch.device) -> None:
-    cams = torch.ones(3, 4, 4, dtype=torch.float64, device=cgc_triton_device)
-    crops = boxes([[0, 0, 16, 16], [2, 3, 8, 5], [0, 8, 16, 8]]).to(cgc_triton_device)
-    flips = bools([False, True, False]).to(cgc_triton_device)
+def test_triton_cgc_constant_maps_give_log_batch(triton_device: torch.device) -> None:
+    cams = torch.ones(3, 4, 4, dtype=torch.float64, device=triton_device)
+    crops = boxes([[0, 0, 16, 16], [2, 3, 8, 5], [0, 8, 16, 8]]).to(triton_device)
+    flips = bools([False, True, False]).to(triton_device)
     got = functional.cgc_loss(cams, 2 * cams, crops, flips, size=16, backend="triton")
     close(got.cpu(), math.log(3))
 
 
 @pytest.mark.triton
-def test_triton_cgc_empty_batch(cgc_triton_device: torch.device) -> None:
-    orig = torch.zeros(0, 3, 3, dtype=torch.float64, device=cgc_triton_device).requires_grad_()
-    aug = torch.zeros(0, 3, 3, dtype=torch.float64, device=cgc_triton_device).requires_grad_()
-    crops = torch.zeros(0, 4, dtype=torch.long, device=cgc_triton_device)
-    flips = torch.zeros(0, dtype=torch.bool, device=cgc_triton_device)
+def test_triton_cgc_empty_batch(triton_device: torch.device) -> None:
+    orig = torch.zeros(0, 3, 3, dtype=torch.float64, device=triton_device).requires_grad_()
+    aug = torch.zeros(0, 3, 3, dtype=torch.float64, device=triton_device).requires_grad_()
+    crops = torch.zeros(0, 4, dtype=torch.long, device=triton_device)
+    flips = torch.zeros(0, dtype=torch.bool, device=triton_device)
     loss = functional.cgc_loss(orig, aug, crops, flips, size=8, backend="triton")
     assert loss.item() == 0.0 and loss.dtype == torch.float64
     grads = torch.autograd.grad(loss, (orig, aug))
@@ -1109,11 +1074,11 @@ def test_triton_cgc_empty_batch(cgc_triton_device: torch.device) -> None:
 
 
 @pytest.mark.triton
-def test_triton_cgc_gradcheck(cgc_triton_device: torch.device) -> None:
-    orig = maps(3, 3, 2, seed=20).to(cgc_triton_device).requires_grad_()
-    aug = maps(3, 3, 2, seed=21).to(cgc_triton_device).requires_grad_()
-    crops = boxes([[0, 0, 10, 10], [2, 1, 6, 8], [4, 4, 3, 2]]).to(cgc_triton_device)
-    flips = bools([False, True, True]).to(cgc_triton_device)
+def test_triton_cgc_gradcheck(triton_device: torch.device) -> None:
+    orig = maps(3, 3, 2, seed=20).to(triton_device).requires_grad_()
+    aug = maps(3, 3, 2, seed=21).to(triton_device).requires_grad_()
+    crops = boxes([[0, 0, 10, 10], [2, 1, 6, 8], [4, 4, 3, 2]]).to(triton_device)
+    flips = bools([False, True, True]).to(triton_device)
 
     def fn(orig: torch.Tensor, aug: torch.Tensor) -> torch.Tensor:
         return functional.cgc_loss(orig, aug, crops, flips, size=10, backend="triton")
@@ -1122,18 +1087,18 @@ def test_triton_cgc_gradcheck(cgc_triton_device: torch.device) -> None:
 
 
 @pytest.mark.triton
-def test_triton_cgc_opcheck(cgc_triton_device: torch.device) -> None:
+def test_triton_cgc_opcheck(triton_device: torch.device) -> None:
     from amc_kernels.triton_kernels import cgc_loss as ops
 
     # Under the interpreter the fake-tensor checks would launch the interpreted kernels on fake
     # tensors (it copies arguments to host memory), so CPU runs the schema and autograd checks.
     utils = ("test_schema", "test_autograd_registration")
-    if cgc_triton_device.type == "cuda":
+    if triton_device.type == "cuda":
         utils += ("test_faketensor", "test_aot_dispatch_dynamic")
-    orig, aug, crops, flips = cgc_triton_inputs(4, 3, 5, 12, 5, cgc_triton_device)
+    orig, aug, crops, flips = cgc_triton_inputs(4, 3, 5, 12, 5, triton_device)
     args = (orig.requires_grad_(), aug.requires_grad_(), crops, flips, 0.5, 12)
     torch.library.opcheck(ops.cgc_loss_fwd, args, test_utils=utils)
-    grad = torch.ones((), dtype=torch.float64, device=cgc_triton_device)
+    grad = torch.ones((), dtype=torch.float64, device=triton_device)
     bwd_args = (grad, orig.detach(), aug.detach(), crops, flips, 0.5, 12)
     torch.library.opcheck(ops.cgc_loss_bwd, bwd_args, test_utils=utils)
 
@@ -1157,8 +1122,8 @@ def test_triton_cgc_torch_compile_fullgraph() -> None:
 
 
 @pytest.mark.triton
-def test_triton_cgc_double_backward_raises(cgc_triton_device: torch.device) -> None:
-    orig, aug, crops, flips = cgc_triton_inputs(3, 3, 3, 7, 8, cgc_triton_device)
+def test_triton_cgc_double_backward_raises(triton_device: torch.device) -> None:
+    orig, aug, crops, flips = cgc_triton_inputs(3, 3, 3, 7, 8, triton_device)
     orig = orig.requires_grad_()
     loss = functional.cgc_loss(orig, aug, crops, flips, size=7, backend="triton")
     (grad,) = torch.autograd.grad(loss, orig, create_graph=True)
@@ -1168,25 +1133,25 @@ def test_triton_cgc_double_backward_raises(cgc_triton_device: torch.device) -> N
 
 @pytest.mark.triton
 @pytest.mark.parametrize("kind", ["constant", "identical", "zero", "peaked"])
-def test_triton_cgc_special_maps(cgc_triton_device: torch.device, kind: str) -> None:
-    cam_orig, cam_aug = (m.to(cgc_triton_device) for m in cgc_special_maps(kind))
+def test_triton_cgc_special_maps(triton_device: torch.device, kind: str) -> None:
+    cam_orig, cam_aug = (m.to(triton_device) for m in cgc_special_maps(kind))
     crops = torch.tensor([[0, 0, 12, 12], [0, 0, 12, 12], [2, 3, 5, 9], [11, 0, 1, 12]])
     flips = torch.tensor([False, False, True, True])
-    crops, flips = crops.to(cgc_triton_device), flips.to(cgc_triton_device)
+    crops, flips = crops.to(triton_device), flips.to(triton_device)
     assert_triton_cgc_exact(cam_orig, cam_aug, crops, flips, size=12)
     assert_triton_cgc_matches(cam_orig.float(), cam_aug.float(), crops, flips, size=12)
 
 
 @pytest.mark.triton
 def test_triton_cgc_fp64_matches_the_extended_precision_oracle(
-    cgc_triton_device: torch.device,
+    triton_device: torch.device,
 ) -> None:
     # At size 224 the literal fp64 pipeline is off by ~2e-14 relative; measured under the
     # interpreter, the kernels are within 2e-15 of the np.longdouble oracle (loss 5e-17).
     cam_orig, cam_aug = cgc_maps(6, 7, 7, seed=3)
     crops, flips = cgc_random_crops(6, 224, seed=3)
     expected = cgc_oracle(cam_orig, cam_aug, crops, flips, 0.5, 224)
-    inputs = (t.to(cgc_triton_device) for t in (cam_orig, cam_aug, crops, flips))
+    inputs = (t.to(triton_device) for t in (cam_orig, cam_aug, crops, flips))
     got = cgc_value_and_grads("triton", *inputs, temperature=0.5, size=224)
     for name, g, e in zip(("loss", "grad_orig", "grad_aug"), got, expected, strict=True):
         scale = float(np.abs(e).max())

@@ -3,12 +3,10 @@ gradients, dtypes, validation."""
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
-from conftest import f64
+from conftest import f64, needs_cpp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch.library import opcheck
@@ -397,15 +395,6 @@ CPP_CAM_SHAPES = {
 }
 
 
-def cpp_cam_available() -> bool:
-    from amc_kernels import _extension
-
-    return _extension.available()
-
-
-needs_cpp_cam = pytest.mark.skipif(not cpp_cam_available(), reason="amc_kernels._C is not built")
-
-
 def cpp_cam_inputs(
     shape: tuple[int, int, int, int, int], seed: int = 0, dtype: torch.dtype = torch.float64
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -435,7 +424,7 @@ def assert_cpp_cam_close(a: torch.Tensor, w: torch.Tensor, targets: torch.Tensor
 
 
 @pytest.mark.cpp
-@needs_cpp_cam
+@needs_cpp
 @pytest.mark.parametrize("dtype", CPP_CAM_DTYPES)
 @pytest.mark.parametrize("shape", list(CPP_CAM_SHAPES.values()), ids=list(CPP_CAM_SHAPES))
 def test_cpp_cam_matches_reference(dtype: torch.dtype, shape: tuple) -> None:
@@ -445,14 +434,14 @@ def test_cpp_cam_matches_reference(dtype: torch.dtype, shape: tuple) -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_cam
+@needs_cpp
 @pytest.mark.parametrize("shape", list(CPP_CAM_SHAPES.values()), ids=list(CPP_CAM_SHAPES))
 def test_cpp_cam_fp64_is_exact_to_rounding(shape: tuple) -> None:
     assert_cpp_cam_close(*cpp_cam_inputs(shape, seed=3))
 
 
 @pytest.mark.cpp
-@needs_cpp_cam
+@needs_cpp
 def test_cpp_cam_repeated_targets_accumulate_and_unused_classes_get_zero() -> None:
     a, w, _ = cpp_cam_inputs((7, 20, 4, 3, 5), seed=5)
     targets = torch.tensor([2, 2, 0, 2, 0, 4, 2])  # class 2 four times; classes 1 and 3 unused
@@ -462,7 +451,7 @@ def test_cpp_cam_repeated_targets_accumulate_and_unused_classes_get_zero() -> No
 
 
 @pytest.mark.cpp
-@needs_cpp_cam
+@needs_cpp
 def test_cpp_cam_splits_channels_when_maps_are_fewer_than_threads() -> None:
     threads = torch.get_num_threads()
     a, w, targets = cpp_cam_inputs((2, 70, 5, 4, 3), seed=9)
@@ -474,7 +463,7 @@ def test_cpp_cam_splits_channels_when_maps_are_fewer_than_threads() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_cam
+@needs_cpp
 @pytest.mark.parametrize("target_dtype", [torch.int64, torch.int32, torch.uint8])
 def test_cpp_cam_non_contiguous_inputs_and_target_dtypes(target_dtype: torch.dtype) -> None:
     a, w, targets = cpp_cam_inputs((4, 6, 5, 7, 3), seed=11)
@@ -489,7 +478,7 @@ def test_cpp_cam_non_contiguous_inputs_and_target_dtypes(target_dtype: torch.dty
 
 
 @pytest.mark.cpp
-@needs_cpp_cam
+@needs_cpp
 def test_cpp_cam_empty_inputs() -> None:
     for shape in ((0, 3, 4, 5, 2), (2, 0, 4, 5, 2)):
         a, w, targets = cpp_cam_inputs(shape)
@@ -504,7 +493,7 @@ def test_cpp_cam_empty_inputs() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_cam
+@needs_cpp
 def test_cpp_cam_kernel_checks_target_range() -> None:
     a, w, _ = cpp_cam_inputs((2, 3, 4, 4, 3))
     with pytest.raises(RuntimeError, match=r"class_activation_map: targets\[1\] = 3 is outside"):
@@ -512,7 +501,7 @@ def test_cpp_cam_kernel_checks_target_range() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_cam
+@needs_cpp
 def test_cpp_cam_gradcheck() -> None:
     a, w, _ = cpp_cam_inputs((3, 3, 2, 2, 2), seed=13)
     targets = torch.tensor([1, 1, 0])  # a repeated target: dW rows accumulate
@@ -524,7 +513,7 @@ def test_cpp_cam_gradcheck() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_cam
+@needs_cpp
 def test_cpp_cam_opcheck() -> None:
     a, w, targets = cpp_cam_inputs((3, 5, 4, 3, 4), seed=17, dtype=torch.float32)
     args = (a.clone().requires_grad_(), w.clone().requires_grad_(), targets)
@@ -534,7 +523,7 @@ def test_cpp_cam_opcheck() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_cam
+@needs_cpp
 def test_cpp_cam_compiles_fullgraph() -> None:
     a, w, targets = cpp_cam_inputs((3, 4, 5, 6, 3), seed=19, dtype=torch.float32)
 
@@ -552,7 +541,7 @@ def test_cpp_cam_compiles_fullgraph() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_cam
+@needs_cpp
 @settings(max_examples=15, deadline=None)
 @given(
     shape=st.tuples(
@@ -569,7 +558,7 @@ def test_cpp_cam_property_matches_reference(shape: tuple, seed: int) -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_cam
+@needs_cpp
 def test_cpp_cam_double_backward_raises() -> None:
     a, w, targets = cpp_cam_inputs((2, 3, 4, 4, 2), seed=23)
     a.requires_grad_()
@@ -581,7 +570,7 @@ def test_cpp_cam_double_backward_raises() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_cam
+@needs_cpp
 def test_cpp_cam_is_the_automatic_choice_on_cpu() -> None:
     from amc_kernels import _dispatch
 
@@ -605,15 +594,6 @@ TRITON_DTYPES = [
     pytest.param(torch.float16, id="float16", marks=pytest.mark.cuda),
     pytest.param(torch.bfloat16, id="bfloat16", marks=pytest.mark.cuda),
 ]
-
-
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
-def triton_device(request: pytest.FixtureRequest) -> torch.device:
-    """CPU under the Triton interpreter (the default without a GPU), or CUDA."""
-    pytest.importorskip("triton")
-    if request.param == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("Triton runs on CPU tensors only under TRITON_INTERPRET=1")
-    return torch.device(request.param)
 
 
 def triton_cam_inputs(

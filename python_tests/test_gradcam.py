@@ -2,15 +2,14 @@
 
 from __future__ import annotations
 
-import os
-
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import f64
+from conftest import f64, needs_cpp
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from resize_oracle import np_resize
 from torch.library import opcheck
 
 import amc_kernels
@@ -41,26 +40,6 @@ def positive(*shape: int, seed: int = 0) -> torch.Tensor:
 
 # The numpy oracle: bilinear resampling (align_corners=False) as per-axis matrices, then
 # DESIGN §2.4 step by step in float64. It never calls amc_kernels.reference or F.interpolate.
-
-
-def np_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """[n_out, n_in]: src = (dst + ½)·n_in/n_out − ½, clamped below at 0; the upper neighbour
-    is clamped at the last pixel (PyTorch's align_corners=False convention)."""
-    scale = n_in / n_out
-    m = np.zeros((n_out, n_in))
-    for dst in range(n_out):
-        src = max(scale * (dst + 0.5) - 0.5, 0.0)
-        i0 = min(int(src), n_in - 1)
-        i1 = min(i0 + 1, n_in - 1)
-        lam = src - i0 if i1 > i0 else 0.0  # a clamped neighbour: the edge pixel, exactly
-        m[dst, i0] += 1.0 - lam
-        m[dst, i1] += lam
-    return m
-
-
-def np_resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Bilinear resize of one [h, w] map to `size`."""
-    return np_resize_matrix(x.shape[0], size[0]) @ x @ np_resize_matrix(x.shape[1], size[1]).T
 
 
 def np_normalize(m: np.ndarray, mode: str | None) -> np.ndarray:
@@ -565,17 +544,6 @@ CPP_OPTIONS = {
 }
 
 
-def cpp_gradcam_available() -> bool:
-    from amc_kernels import _extension
-
-    return _extension.available()
-
-
-needs_cpp_gradcam = pytest.mark.skipif(
-    not cpp_gradcam_available(), reason="amc_kernels._C is not built"
-)
-
-
 def cpp_gradcam_inputs(
     shape: tuple[int, int, int, int], seed: int = 0, dtype: torch.dtype = torch.float64
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -610,7 +578,7 @@ def assert_cpp_gradcam_close(a: torch.Tensor, g: torch.Tensor, tol: float, **kwa
 
 
 @pytest.mark.cpp
-@needs_cpp_gradcam
+@needs_cpp
 @pytest.mark.parametrize("dtype", CPP_DTYPES)
 @pytest.mark.parametrize("shape", list(CPP_SHAPES.values()), ids=list(CPP_SHAPES))
 @pytest.mark.parametrize("options", list(CPP_OPTIONS.values()), ids=list(CPP_OPTIONS))
@@ -621,7 +589,7 @@ def test_cpp_gradcam_matches_reference(dtype: torch.dtype, shape: tuple, options
 
 
 @pytest.mark.cpp
-@needs_cpp_gradcam
+@needs_cpp
 @pytest.mark.parametrize("options", list(CPP_OPTIONS.values()), ids=list(CPP_OPTIONS))
 def test_cpp_gradcam_fp64_is_exact_to_rounding(options: tuple) -> None:
     shape = (4, 37, 7, 9)
@@ -630,7 +598,7 @@ def test_cpp_gradcam_fp64_is_exact_to_rounding(options: tuple) -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_gradcam
+@needs_cpp
 def test_cpp_gradcam_splits_channels_when_maps_are_fewer_than_threads() -> None:
     threads = torch.get_num_threads()
     a, g = cpp_gradcam_inputs((2, 70, 5, 4), seed=5)
@@ -643,7 +611,7 @@ def test_cpp_gradcam_splits_channels_when_maps_are_fewer_than_threads() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_gradcam
+@needs_cpp
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
 @pytest.mark.parametrize(
     "sizes",
@@ -684,7 +652,7 @@ def test_cpp_gradcam_resize_is_torch_bilinear(dtype: torch.dtype, sizes: tuple) 
 
 
 @pytest.mark.cpp
-@needs_cpp_gradcam
+@needs_cpp
 def test_cpp_gradcam_non_contiguous_inputs() -> None:
     a, g = cpp_gradcam_inputs((3, 6, 8, 5), seed=11)
     a_view = a.transpose(2, 3).contiguous().transpose(2, 3)  # same values, other strides
@@ -708,7 +676,7 @@ def cpp_gradcam_tied_map(kind: str) -> torch.Tensor:
 
 
 @pytest.mark.cpp
-@needs_cpp_gradcam
+@needs_cpp
 @pytest.mark.parametrize(
     "normalize, relu, kind",
     [("max", relu, kind) for relu in (True, False) for kind in ("constant", "negative", "block")]
@@ -724,7 +692,7 @@ def test_cpp_gradcam_ties_split_the_extreme_gradient_as_torch(
 
 
 @pytest.mark.cpp
-@needs_cpp_gradcam
+@needs_cpp
 @pytest.mark.parametrize("weighting", ["mean", "elementwise"])
 def test_cpp_gradcam_empty_inputs(weighting: str) -> None:
     for shape, size in (((0, 3, 4, 5), (6, 7)), ((2, 0, 4, 5), None)):
@@ -740,7 +708,7 @@ def test_cpp_gradcam_empty_inputs(weighting: str) -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_gradcam
+@needs_cpp
 @pytest.mark.parametrize(
     "weighting, relu, normalize, size",
     [
@@ -770,7 +738,7 @@ def test_cpp_gradcam_gradcheck(weighting: str, relu: bool, normalize: str, size:
 
 
 @pytest.mark.cpp
-@needs_cpp_gradcam
+@needs_cpp
 @pytest.mark.parametrize("weighting", ["mean", "elementwise"])
 def test_cpp_gradcam_opcheck(weighting: str) -> None:
     a, g = cpp_gradcam_inputs((2, 5, 4, 3), seed=17, dtype=torch.float32)
@@ -782,7 +750,7 @@ def test_cpp_gradcam_opcheck(weighting: str) -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_gradcam
+@needs_cpp
 def test_cpp_gradcam_compiles_fullgraph() -> None:
     a, g = cpp_gradcam_inputs((3, 4, 5, 6), seed=19, dtype=torch.float32)
 
@@ -803,7 +771,7 @@ def test_cpp_gradcam_compiles_fullgraph() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_gradcam
+@needs_cpp
 @settings(max_examples=15, deadline=None)
 @given(
     shape=st.tuples(st.integers(1, 4), st.integers(1, 20), st.integers(1, 6), st.integers(1, 6)),
@@ -824,7 +792,7 @@ def test_cpp_gradcam_property_matches_reference(
 
 
 @pytest.mark.cpp
-@needs_cpp_gradcam
+@needs_cpp
 def test_cpp_gradcam_double_backward_raises() -> None:
     a, g = (x.requires_grad_() for x in cpp_gradcam_inputs((2, 3, 4, 4), seed=23))
     out = functional.gradcam(a, g, normalize="max", backend="cpp")
@@ -834,7 +802,7 @@ def test_cpp_gradcam_double_backward_raises() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_gradcam
+@needs_cpp
 def test_cpp_gradcam_trains_through_the_gradients_like_cgc() -> None:
     # CGC: G = ∂score/∂A with create_graph=True, a loss on the maps, and the parameters' gradient
     # flows through the maps into G's graph: the cpp first-order backward must match exactly.
@@ -865,7 +833,7 @@ def test_cpp_gradcam_trains_through_the_gradients_like_cgc() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_gradcam
+@needs_cpp
 def test_cpp_gradcam_is_the_automatic_choice_on_cpu() -> None:
     from amc_kernels import _dispatch
 
@@ -892,15 +860,6 @@ TRITON_OPTIONS = {
     "elem-relu-minmax-down": ("elementwise", True, "minmax", (3, 4)),
     "elem-sum-skewed": ("elementwise", False, "sum", (11, 2)),
 }
-
-
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
-def triton_device(request: pytest.FixtureRequest) -> torch.device:
-    """CPU under the Triton interpreter (the default without a GPU), or CUDA."""
-    pytest.importorskip("triton")
-    if request.param == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("Triton runs on CPU tensors only under TRITON_INTERPRET=1")
-    return torch.device(request.param)
 
 
 def triton_shape(size: str, device: torch.device) -> tuple[int, int, int, int]:

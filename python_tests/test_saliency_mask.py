@@ -4,15 +4,15 @@ validation."""
 from __future__ import annotations
 
 import math
-import os
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import f64
+from conftest import f64, needs_cpp
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
+from resize_oracle import np_resize
 from torch.library import opcheck
 
 import amc_kernels
@@ -37,25 +37,6 @@ def rand(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> torc
 # The numpy oracle: bilinear resampling (align_corners=False) as per-axis matrices, ExCon's
 # min–max, then the threshold or the top k by a stable argsort. It never calls
 # amc_kernels.reference or F.interpolate.
-
-
-def np_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
-    """[n_out, n_in]: src = (dst + ½)·n_in/n_out − ½, clamped below at 0; the upper neighbour
-    is clamped at the last pixel (PyTorch's align_corners=False convention)."""
-    scale = n_in / n_out
-    m = np.zeros((n_out, n_in))
-    for dst in range(n_out):
-        src = max(scale * (dst + 0.5) - 0.5, 0.0)
-        i0 = min(int(src), n_in - 1)
-        i1 = min(i0 + 1, n_in - 1)
-        lam = src - i0 if i1 > i0 else 0.0  # a clamped neighbour: the edge pixel, exactly
-        m[dst, i0] += 1.0 - lam
-        m[dst, i1] += lam
-    return m
-
-
-def np_resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    return np_resize_matrix(x.shape[0], size[0]) @ x @ np_resize_matrix(x.shape[1], size[1]).T
 
 
 def np_minmax(saliency: torch.Tensor, height: int, width: int) -> np.ndarray:
@@ -577,15 +558,6 @@ CPP_MASK_SHAPES = {
 CPP_MASK_NEAR = 1e-5  # |e − boundary| below which a decision may follow the rounding
 
 
-def cpp_mask_available() -> bool:
-    from amc_kernels import _extension
-
-    return _extension.available()
-
-
-needs_cpp_mask = pytest.mark.skipif(not cpp_mask_available(), reason="amc_kernels._C is not built")
-
-
 def cpp_mask_inputs(
     shape: tuple, seed: int = 0, dtype: torch.dtype = torch.float32, sal_dtype: torch.dtype = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -627,7 +599,7 @@ def assert_cpp_mask_matches(
 
 
 @pytest.mark.cpp
-@needs_cpp_mask
+@needs_cpp
 @pytest.mark.parametrize("dtype", CPP_MASK_DTYPES)
 @pytest.mark.parametrize("shape", list(CPP_MASK_SHAPES.values()), ids=list(CPP_MASK_SHAPES))
 @pytest.mark.parametrize(
@@ -639,7 +611,7 @@ def test_cpp_mask_matches_reference(dtype: torch.dtype, shape: tuple, rule: dict
 
 
 @pytest.mark.cpp
-@needs_cpp_mask
+@needs_cpp
 @pytest.mark.parametrize("scale", [1, 2, 4])
 @pytest.mark.parametrize("fraction", [0.01, 0.1, 0.15, 0.5, 0.73, 1.0])
 def test_cpp_mask_top_fraction_ties_go_to_the_lower_index_exactly(
@@ -658,7 +630,7 @@ def test_cpp_mask_top_fraction_ties_go_to_the_lower_index_exactly(
 
 
 @pytest.mark.cpp
-@needs_cpp_mask
+@needs_cpp
 def test_cpp_mask_threshold_compares_in_the_saliency_dtype() -> None:
     # e = fp32(1/3) at the second pixel; torch compares an fp32 tensor with the threshold
     # rounded to fp32, so e > 1/3 is False there although fp32(1/3) > 1/3 in fp64.
@@ -673,7 +645,7 @@ def test_cpp_mask_threshold_compares_in_the_saliency_dtype() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_mask
+@needs_cpp
 def test_cpp_mask_saliency_and_images_in_different_dtypes() -> None:
     for image_dtype, sal_dtype in ((torch.float32, torch.float64), (torch.bfloat16, torch.float16)):
         images, saliency = cpp_mask_inputs(
@@ -684,7 +656,7 @@ def test_cpp_mask_saliency_and_images_in_different_dtypes() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_mask
+@needs_cpp
 def test_cpp_mask_non_contiguous_inputs() -> None:
     images, saliency = cpp_mask_inputs((3, 3, 10, 12, 4, 5), seed=5)
     images_view = images.contiguous(memory_format=torch.channels_last)
@@ -698,7 +670,7 @@ def test_cpp_mask_non_contiguous_inputs() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_mask
+@needs_cpp
 def test_cpp_mask_constant_saliency_and_empty_batch() -> None:
     images = torch.randn(2, 3, 6, 6)
     constant = torch.full((2, 3, 3), 0.7)  # e = 0 everywhere: nothing above 0.5, k by index
@@ -713,7 +685,7 @@ def test_cpp_mask_constant_saliency_and_empty_batch() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_mask
+@needs_cpp
 def test_cpp_mask_has_no_gradient() -> None:
     images, saliency = cpp_mask_inputs((2, 3, 5, 5, 3, 3))
     masked, keep = functional.saliency_mask(
@@ -723,7 +695,7 @@ def test_cpp_mask_has_no_gradient() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_mask
+@needs_cpp
 def test_cpp_mask_opcheck() -> None:
     images, saliency = cpp_mask_inputs((2, 3, 7, 6, 3, 4), seed=7)
     for top_fraction in (-1.0, 0.3):
@@ -732,7 +704,7 @@ def test_cpp_mask_opcheck() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_mask
+@needs_cpp
 def test_cpp_mask_compiles_fullgraph() -> None:
     images, saliency = cpp_mask_inputs((2, 3, 7, 6, 3, 4), seed=9)
 
@@ -745,7 +717,7 @@ def test_cpp_mask_compiles_fullgraph() -> None:
 
 
 @pytest.mark.cpp
-@needs_cpp_mask
+@needs_cpp
 @settings(max_examples=20, deadline=None)
 @given(
     shape=st.tuples(
@@ -778,7 +750,7 @@ def test_cpp_mask_property_matches_reference(
 
 
 @pytest.mark.cpp
-@needs_cpp_mask
+@needs_cpp
 def test_cpp_mask_is_the_automatic_choice_on_cpu() -> None:
     from amc_kernels import _dispatch
 
@@ -806,15 +778,6 @@ TRITON_OPTIONS = {
     "top-0.3": {"top_fraction": 0.3, "fill": 2.0},
     "top-1": {"top_fraction": 1.0},
 }
-
-
-@pytest.fixture(params=["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
-def triton_device(request: pytest.FixtureRequest) -> torch.device:
-    """CPU under the Triton interpreter (the default without a GPU), or CUDA."""
-    pytest.importorskip("triton")
-    if request.param == "cpu" and os.environ.get("TRITON_INTERPRET") != "1":
-        pytest.skip("Triton runs on CPU tensors only under TRITON_INTERPRET=1")
-    return torch.device(request.param)
 
 
 def assert_triton_mask_equals_reference(
