@@ -89,7 +89,7 @@ def pairwise_tiles(dtype: torch.dtype, d: int, backward: bool = False) -> Tiles:
         return Tiles(16, 16, 16, 1, 1)
     full = max(16, triton.next_power_of_2(max(d, 1)))
     if dtype == torch.float64:
-        return Tiles(16, 16, 16, 4, 1)
+        return Tiles(16, 16, 8, 4, 1)
     if dtype == torch.float32:
         return Tiles(32, 32, min(full, 32), 4, 2)
     block_d = full if full <= 256 else 64
