@@ -654,7 +654,7 @@ def _coefficients(
         FP64=problem.dtype == torch.float64,
         BLOCK_B=block,
         BLOCK_J=block,
-        num_warps=4,
+        num_warps=8,
     )
     return omega, coef
 
