@@ -9,9 +9,10 @@ config fails when compilation raises, when its shared memory exceeds 227 KiB or 
 registers exceed an SM's 64 Ki for the block.
 
 Prints one row per distinct compiled kernel: op, kernel, dtype, constexprs and launch options,
-registers, spill stores, shared bytes and compile seconds. ``--subset`` compiles each kernel once
-per input dtype (the CI test, python_tests/test_triton_compile.py); without it, every distinct
-config of every case. Run without TRITON_INTERPRET (the interpreter replaces the jit functions):
+registers, spill stores, shared bytes and compile seconds. ``--subset`` (the CI test,
+python_tests/test_triton_compile.py) compiles each kernel once per dtype and tile/warp/stage
+config, whatever its other constexprs; without it, every distinct specialisation of every case.
+Run without TRITON_INTERPRET (the interpreter replaces the jit functions):
 
     python -m benchmarks.triton_aot_check [--subset] [--op gradcam] [--json out.json]
 """
@@ -180,6 +181,12 @@ def _specialise(launch, backend):
     return ASTSource(kernel, signature, constexprs, attrs), options
 
 
+def _tiles(launch) -> tuple:
+    """The launch's tile sizes, warps and stages: what sets its registers and shared memory."""
+    keys = sorted(k for k in launch.kwargs if k.startswith("BLOCK") or k.startswith("num_"))
+    return tuple((k, launch.kwargs[k]) for k in keys)
+
+
 def _config(launch) -> str:
     return " ".join(f"{k}={int(v) if isinstance(v, bool) else v}" for k, v in launch.kwargs.items())
 
@@ -237,7 +244,9 @@ def run(ops: list[str], dtypes: list[str], subset: bool, echo: bool) -> list[Res
             for launch in launches:
                 source, options = _specialise(launch, backend)
                 name = launch.kernel.fn.__name__
-                key = (op, name, dtype) if subset else (source.hash(), options.hash())
+                key = (
+                    (op, name, dtype, _tiles(launch)) if subset else (source.hash(), options.hash())
+                )
                 if key in seen:
                     continue
                 seen.add(key)
@@ -264,7 +273,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--op", action="append", choices=sorted(CASES), help="default: all")
     parser.add_argument("--dtype", action="append", choices=sorted(DTYPES), help="default: all")
-    parser.add_argument("--subset", action="store_true", help="each kernel once per dtype")
+    parser.add_argument(
+        "--subset", action="store_true", help="each kernel once per dtype and tile config"
+    )
     parser.add_argument("--json", help="also write the results to this file")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0").strip() == "1":
