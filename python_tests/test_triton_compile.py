@@ -11,8 +11,10 @@ is `python -m benchmarks.triton_aot_check`, for the GPU suite and developers.
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
+import pkgutil
 import subprocess
 import sys
 from pathlib import Path
@@ -30,8 +32,8 @@ DTYPES = ("fp32", "fp16", "bf16", "fp64")
 def _kernel_names() -> set[str]:
     """Names of the launchable kernels (`*_kernel` jit functions) of every triton module."""
     names = set()
-    for module_name in triton_kernels.__all__:
-        module = getattr(triton_kernels, module_name)
+    for info in pkgutil.iter_modules(triton_kernels.__path__):
+        module = importlib.import_module(f"{triton_kernels.__name__}.{info.name}")
         for name, value in vars(module).items():
             if name.endswith("_kernel") and hasattr(value, "arg_names"):
                 names.add(name)
