@@ -168,16 +168,23 @@ CASES: dict[str, Callable[[torch.dtype], Iterator[None]]] = {
 
 
 def _specialise(launch, backend):
-    """(ASTSource, options) exactly as JITFunction.run builds them for these arguments."""
+    """(ASTSource, options) as JITFunction.run builds them for these arguments (Triton 3.6-3.8)."""
+    from triton._utils import find_paths_if, get_iterable_path
     from triton.compiler import ASTSource
     from triton.runtime.jit import create_function_from_signature
 
     kernel = launch.kernel
     binder = create_function_from_signature(kernel.signature, kernel.params, backend)
-    bound, specialization, options = binder(*launch.args, **launch.kwargs)
-    options, signature, constexprs, attrs = kernel._pack_args(
-        backend, launch.kwargs, bound, specialization, options
-    )
+    bound, specialization, _ = binder(*launch.args, **launch.kwargs)
+    options = backend.parse_options(launch.kwargs)
+    types = [s[0] for s in specialization]
+    signature = dict(zip(kernel.arg_names, types, strict=True))
+    values = list(bound.values())
+    paths = find_paths_if(types, lambda _, t: t == "constexpr")
+    constexprs = {path: get_iterable_path(values, path) for path in paths}
+    attr_values = ["" if s[0] == "constexpr" else s[1] for s in specialization]
+    paths = find_paths_if(attr_values, lambda _, a: isinstance(a, str))
+    attrs = {path: backend.parse_attr(get_iterable_path(attr_values, path)) for path in paths}
     return ASTSource(kernel, signature, constexprs, attrs), options
 
 
