@@ -22,13 +22,16 @@ from __future__ import annotations
 import argparse
 import contextlib
 import io
+import itertools
 import json
+import multiprocessing
 import os
 import re
 import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
 import torch
@@ -230,8 +233,8 @@ def _compile(op: str, dtype: str, launch, source, options, target) -> Result:
                   error)  # fmt: skip
 
 
-def run(ops: list[str], dtypes: list[str], subset: bool, echo: bool) -> list[Result]:
-    """Compile the recorded launches of `ops` × `dtypes`; one Result per distinct compile."""
+def compile_case(op: str, dtype: str, subset: bool) -> list[Result]:
+    """Compile the launches recorded from `op`'s cases in `dtype`; one Result per distinct one."""
     from triton import knobs
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
@@ -241,26 +244,18 @@ def run(ops: list[str], dtypes: list[str], subset: bool, echo: bool) -> list[Res
     knobs.nvidia.dump_ptxas_log = True  # ptxas -v's report: registers and spills
     target = GPUTarget("cuda", TARGET_ARCH, 32)
     backend = make_backend(target)
+    with record_launches() as launches:
+        for _ in CASES[op](DTYPES[dtype]):
+            pass
     seen: set[tuple] = set()
     results = []
-    for op in ops:
-        for dtype in dtypes:
-            with record_launches() as launches:
-                for _ in CASES[op](DTYPES[dtype]):
-                    pass
-            for launch in launches:
-                source, options = _specialise(launch, backend)
-                name = launch.kernel.fn.__name__
-                key = (
-                    (op, name, dtype, _tiles(launch)) if subset else (source.hash(), options.hash())
-                )
-                if key in seen:
-                    continue
-                seen.add(key)
-                result = _compile(op, dtype, launch, source, options, target)
-                results.append(result)
-                if echo:
-                    print(_row(result), flush=True)
+    for launch in launches:
+        source, options = _specialise(launch, backend)
+        name = launch.kernel.fn.__name__
+        key = (name, _tiles(launch)) if subset else (source.hash(), options.hash())
+        if key not in seen:
+            seen.add(key)
+            results.append(_compile(op, dtype, launch, source, options, target))
     return results
 
 
@@ -284,6 +279,7 @@ def main(argv: list[str] | None = None) -> int:
         "--subset", action="store_true", help="each kernel once per dtype and tile config"
     )
     parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--jobs", type=int, default=os.cpu_count(), help="parallel compilers")
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0").strip() == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter replaces the kernels to compile")
@@ -291,7 +287,16 @@ def main(argv: list[str] | None = None) -> int:
         os.environ["TRITON_CACHE_DIR"] = cache  # a fresh cache: every config really compiles
         print(_HEADER, flush=True)
         start = time.perf_counter()
-        results = run(args.op or list(CASES), args.dtype or list(DTYPES), args.subset, echo=True)
+        cases = list(itertools.product(args.op or list(CASES), args.dtype or list(DTYPES)))
+        results = []
+        # fork: the workers inherit the imports and the cache folder; nothing touches a GPU.
+        context = multiprocessing.get_context("fork")
+        with ProcessPoolExecutor(max(1, args.jobs), mp_context=context) as pool:
+            chunks = pool.map(compile_case, *zip(*cases, strict=True), [args.subset] * len(cases))
+            for chunk in chunks:
+                for result in chunk:
+                    print(_row(result), flush=True)
+                results += chunk
     failures = [r for r in results if r.error]
     print(f"{len(results)} compiled in {time.perf_counter() - start:.0f} s, {len(failures)} failed")
     if args.json:
