@@ -242,6 +242,8 @@ def compile_case(op: str, dtype: str, subset: bool) -> list[Result]:
     from amc_kernels.triton_kernels._tiles import record_launches
 
     knobs.nvidia.dump_ptxas_log = True  # ptxas -v's report: registers and spills
+    # A fresh cache per case: a hit (a kernel shared by ops) would run no ptxas, report nothing.
+    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(dir=os.environ.get("TRITON_CACHE_DIR"))
     target = GPUTarget("cuda", TARGET_ARCH, 32)
     backend = make_backend(target)
     with record_launches() as launches:
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.environ.get("TRITON_INTERPRET", "0").strip() == "1":
         parser.error("unset TRITON_INTERPRET: the interpreter replaces the kernels to compile")
     with tempfile.TemporaryDirectory() as cache:
-        os.environ["TRITON_CACHE_DIR"] = cache  # a fresh cache: every config really compiles
+        os.environ["TRITON_CACHE_DIR"] = cache  # fresh caches: every config really compiles
         print(_HEADER, flush=True)
         start = time.perf_counter()
         cases = list(itertools.product(args.op or list(CASES), args.dtype or list(DTYPES)))
