@@ -30,7 +30,7 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 
@@ -70,7 +70,7 @@ def _raw(op) -> Callable:
     return op._init_fn
 
 
-def _angular_distance(dt: torch.dtype) -> Iterator[None]:
+def _angular_distance(dt: torch.dtype) -> None:
     from amc_kernels.triton_kernels import angular_distance as m
 
     for d in DIMS:
@@ -79,10 +79,9 @@ def _angular_distance(dt: torch.dtype) -> Iterator[None]:
             y = None if symmetric else _t(384, d, dtype=dt)
             _raw(m.angular_distance_fwd)(x, y)
             _raw(m.angular_distance_bwd)(_t(512, 512 if symmetric else 384, dtype=dt), x, y)
-            yield
 
 
-def _amc_loss(dt: torch.dtype) -> Iterator[None]:
+def _amc_loss(dt: torch.dtype) -> None:
     from amc_kernels.triton_kernels import amc_loss as m
 
     labels = _t(512, dtype=torch.int64)
@@ -91,10 +90,9 @@ def _amc_loss(dt: torch.dtype) -> Iterator[None]:
             x = _t(512, d, dtype=dt)
             loss = _raw(m.amc_loss_fwd)(x, labels, 0.5, pairs, reduction)
             _raw(m.amc_loss_bwd)(torch.empty_like(loss), x, labels, 0.5, pairs, reduction)
-            yield
 
 
-def _supcon_loss(dt: torch.dtype) -> Iterator[None]:
+def _supcon_loss(dt: torch.dtype) -> None:
     from amc_kernels.triton_kernels import supcon_loss as m
 
     for d in DIMS:
@@ -103,7 +101,6 @@ def _supcon_loss(dt: torch.dtype) -> Iterator[None]:
             opts = (0.1, 0.07, "all", True, "mean")
             loss, stats = _raw(m.supcon_loss_fwd)(x, labels, None, *opts)
             _raw(m.supcon_loss_bwd)(torch.empty_like(loss), x, labels, None, stats, *opts)
-            yield
 
 
 # Grad-CAM layers: ResNet-50's last (small maps, many channels: channels split over programs)
@@ -111,7 +108,7 @@ def _supcon_loss(dt: torch.dtype) -> Iterator[None]:
 _MAP_SHAPES = ((32, 2048, 7, 7), (32, 256, 56, 56))
 
 
-def _gradcam(dt: torch.dtype) -> Iterator[None]:
+def _gradcam(dt: torch.dtype) -> None:
     from amc_kernels.triton_kernels import gradcam as m
 
     for shape in _MAP_SHAPES:
@@ -125,10 +122,9 @@ def _gradcam(dt: torch.dtype) -> Iterator[None]:
                         )
                         args = (weighting, relu, normalize, size)
                         _raw(m.gradcam_bwd)(torch.empty_like(out), a, g, raw, alpha, y, *args)
-                        yield
 
 
-def _class_activation_map(dt: torch.dtype) -> Iterator[None]:
+def _class_activation_map(dt: torch.dtype) -> None:
     from amc_kernels.triton_kernels import class_activation_map as m
 
     for shape in _MAP_SHAPES:
@@ -136,19 +132,17 @@ def _class_activation_map(dt: torch.dtype) -> Iterator[None]:
         targets = _t(shape[0], dtype=torch.int64)
         cam = _raw(m.class_activation_map_fwd)(a, weight, targets)
         _raw(m.class_activation_map_bwd)(torch.empty_like(cam), a, weight, targets)
-        yield
 
 
-def _saliency_mask(dt: torch.dtype) -> Iterator[None]:
+def _saliency_mask(dt: torch.dtype) -> None:
     from amc_kernels.triton_kernels import saliency_mask as m
 
     for top_fraction in (-1.0, 0.15):
         _raw(m.saliency_mask_fwd)(_t(32, 3, 224, 224, dtype=dt), _t(32, 7, 7, dtype=dt), 0.5,
                                   top_fraction, 0.0)  # fmt: skip
-        yield
 
 
-def _cgc_loss(dt: torch.dtype) -> Iterator[None]:
+def _cgc_loss(dt: torch.dtype) -> None:
     from amc_kernels.triton_kernels import cgc_loss as m
 
     for side in (7, 14, 28, 56):  # sandwich tiles 16, 16, 32 and 64 (8 warps)
@@ -156,10 +150,9 @@ def _cgc_loss(dt: torch.dtype) -> Iterator[None]:
         crops, flips = _t(64, 4, dtype=torch.int64), _t(64, dtype=torch.bool)
         loss = _raw(m.cgc_loss_fwd)(orig, aug, crops, flips, 0.5, 224)
         _raw(m.cgc_loss_bwd)(torch.empty_like(loss), orig, aug, crops, flips, 0.5, 224)
-        yield
 
 
-CASES: dict[str, Callable[[torch.dtype], Iterator[None]]] = {
+CASES: dict[str, Callable[[torch.dtype], None]] = {
     "angular_distance": _angular_distance,
     "amc_loss": _amc_loss,
     "supcon_loss": _supcon_loss,
@@ -247,8 +240,7 @@ def compile_case(op: str, dtype: str, subset: bool) -> list[Result]:
     target = GPUTarget("cuda", TARGET_ARCH, 32)
     backend = make_backend(target)
     with record_launches() as launches:
-        for _ in CASES[op](DTYPES[dtype]):
-            pass
+        CASES[op](DTYPES[dtype])
     seen: set[tuple] = set()
     results = []
     for launch in launches:
