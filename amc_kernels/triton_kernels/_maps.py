@@ -19,7 +19,7 @@ def map_tiles(k: int, hw: int) -> dict[str, int]:
         return {"BLOCK_K": 4, "BLOCK_HW": min(block_hw, 16), "num_warps": 1}
     block_hw = min(block_hw, 1024)
     block_k = max(1, min(4096 // block_hw, triton.next_power_of_2(max(k, 1))))
-    return {"BLOCK_K": block_k, "BLOCK_HW": block_hw, "num_warps": 4}
+    return {"BLOCK_K": block_k, "BLOCK_HW": block_hw, "num_warps": 8}
 
 
 def k_split(batch: int, k: int, hw: int, tiles: dict[str, int]) -> tuple[int, int]:

@@ -19,7 +19,10 @@ there the low-precision flavour falls back to fp32 operands, which gives the sam
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import triton
@@ -86,7 +89,7 @@ def pairwise_tiles(dtype: torch.dtype, d: int, backward: bool = False) -> Tiles:
         return Tiles(16, 16, 16, 1, 1)
     full = max(16, triton.next_power_of_2(max(d, 1)))
     if dtype == torch.float64:
-        return Tiles(16, 16, 16, 4, 1)
+        return Tiles(16, 16, 8, 4, 1)
     if dtype == torch.float32:
         return Tiles(32, 32, min(full, 32), 4, 2)
     block_d = full if full <= 256 else 64
@@ -95,8 +98,39 @@ def pairwise_tiles(dtype: torch.dtype, d: int, backward: bool = False) -> Tiles:
     return Tiles(128, 64, block_d, 8, 3)
 
 
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch as a launcher chose it: kernel, grid, arguments, constexprs/options."""
+
+    kernel: Any
+    grid: tuple[int, ...]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+
+_recorded: list[list[Launch]] = []
+
+
+@contextmanager
+def record_launches() -> Iterator[list[Launch]]:
+    """Within the block, launch() appends its Launch to the yielded list instead of launching.
+
+    For ahead-of-time compilation (benchmarks/triton_aot_check.py): the launchers run on meta
+    tensors and expose their GPU configurations without a GPU.
+    """
+    launches: list[Launch] = []
+    _recorded.append(launches)
+    try:
+        yield launches
+    finally:
+        _recorded.pop()
+
+
 def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
     """Launch through torch.library.wrap_triton, so torch.compile traces the kernel."""
+    if _recorded:
+        _recorded[-1].append(Launch(kernel, tuple(grid), args, kwargs))
+        return
     torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
 
 

@@ -292,10 +292,12 @@ def amc_halves_bwd_kernel(
         tl.store(out_p, g_p[:, None] * x_k, mask=dim_mask)
 
 
-def _halves_blocks(d: int) -> dict[str, int]:
+def _halves_blocks(d: int, fp64: bool) -> dict[str, int]:
+    """Pair blocks × feature chunks; fp64 chunks of 32 keep the backward's tiles in registers."""
     if interpreter_enabled():
         return {"BLOCK_M": 16, "BLOCK_D": 16}
-    return {"BLOCK_M": 32, "BLOCK_D": min(128, triton.next_power_of_2(max(d, 16))), "num_warps": 4}
+    block_d = min(32 if fp64 else 128, triton.next_power_of_2(max(d, 16)))
+    return {"BLOCK_M": 32, "BLOCK_D": block_d, "num_warps": 4}
 
 
 def _margin(margin: float, like: torch.Tensor) -> torch.Tensor:
@@ -316,7 +318,7 @@ def amc_loss_fwd(
         half = n // 2
         losses = torch.empty(half, dtype=dtype, device=x.device)
         if half:
-            blocks = _halves_blocks(d)
+            blocks = _halves_blocks(d, fp64)
             launch(
                 amc_halves_fwd_kernel,
                 (triton.cdiv(half, blocks["BLOCK_M"]),),
@@ -394,7 +396,7 @@ def amc_loss_bwd(
             weight = grad.contiguous()
         else:
             weight = (grad / (half if reduction == "mean" else 1)).expand(half).contiguous()
-        blocks = _halves_blocks(d)
+        blocks = _halves_blocks(d, fp64)
         launch(
             amc_halves_bwd_kernel,
             (triton.cdiv(half, blocks["BLOCK_M"]),),

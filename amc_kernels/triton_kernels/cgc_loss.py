@@ -146,11 +146,22 @@ def cgc_sandwich_kernel(
     # Accumulation: fp32 with IEEE products (fp64 for fp64 maps); maps cast at once on load.
     b = tl.program_id(0).to(tl.int64)
     dtype = tl.float64 if FP64 else tl.float32
-    m = load_tile(m_ptr, b, stride_mb, stride_mh, stride_mw, H, W, dtype, BLOCK_H, BLOCK_W)
-    left = load_tile(l_ptr, b, stride_lb, stride_li, stride_lk, H, H, dtype, BLOCK_H, BLOCK_H)
     right = load_tile(r_ptr, b, stride_rb, stride_rk, stride_rj, W, W, dtype, BLOCK_W, BLOCK_W)
-    zero = tl.zeros([BLOCK_H, BLOCK_W], dtype=dtype)
-    t = mma(zero, mma(zero, left, m, KIND), right, KIND)
+    t = tl.zeros([BLOCK_H, BLOCK_W], dtype=dtype)
+    if KIND == MMA_FP64:
+        # Σ_k L[:, k] ⊗ (M[k, :] R): the broadcast product of mma would hold a BLOCK³ cube.
+        h = tl.arange(0, BLOCK_H).to(tl.int64)
+        w = tl.arange(0, BLOCK_W).to(tl.int64)
+        for k in range(0, H):
+            l_col = l_ptr + b * stride_lb + h * stride_li + k * stride_lk
+            m_row = m_ptr + b * stride_mb + k * stride_mh + w * stride_mw
+            l_col = tl.load(l_col, mask=h < H, other=0.0).to(dtype)
+            m_row = tl.load(m_row, mask=w < W, other=0.0).to(dtype)
+            t += l_col[:, None] * tl.sum(m_row[:, None] * right, axis=0)[None, :]
+    else:
+        m = load_tile(m_ptr, b, stride_mb, stride_mh, stride_mw, H, W, dtype, BLOCK_H, BLOCK_W)
+        left = load_tile(l_ptr, b, stride_lb, stride_li, stride_lk, H, H, dtype, BLOCK_H, BLOCK_H)
+        t = mma(t, mma(tl.zeros_like(t), left, m, KIND), right, KIND)
     n = load_tile(n_ptr, b, stride_nb, stride_nh, stride_nw, H, W, dtype, BLOCK_H, BLOCK_W)
     lv = load_vector(lv_ptr, b, stride_lvb, H, dtype, BLOCK_H)
     rv = load_vector(rv_ptr, b, stride_rvb, W, dtype, BLOCK_W)
@@ -643,7 +654,7 @@ def _coefficients(
         FP64=problem.dtype == torch.float64,
         BLOCK_B=block,
         BLOCK_J=block,
-        num_warps=4,
+        num_warps=8,
     )
     return omega, coef
 
