@@ -106,9 +106,12 @@ def extension(config: dict):
         ("Py_LIMITED_API", "0x030A0000"),
     ]
     # -fno-math-errno and -fno-trapping-math, as torch's own build: without them gcc cannot
-    # vectorise a loop that calls sqrt, nor turn a guarded division into a blend.
+    # vectorise a loop that calls sqrt, nor turn a guarded division into a blend. -g0 drops the
+    # debug information that Python's CFLAGS ask for (-g): it halves the compile time of each
+    # file (20 s to 9 s on 2 cores), and release wheels do not ship it.
     cxx = [
         "-O3",
+        "-g0",
         "-fopenmp",
         "-fno-math-errno",
         "-fno-trapping-math",

@@ -14,7 +14,12 @@
 //   thread's accumulator (O(threads·N·D)), then the backward of the normalisation.
 // Accumulation: fp32 (fp64 for fp64 inputs); the loss is fp32 for fp16/bf16 features, and the
 //   gradient has the features' dtype.
-#include <ATen/ATen.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/_unique.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

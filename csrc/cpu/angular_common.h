@@ -3,7 +3,9 @@
 // its backward, the cosine tile GEMM, and the macro that compiles a row loop per SIMD width.
 #pragma once
 
-#include <ATen/ATen.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 
 #include <algorithm>

@@ -9,6 +9,9 @@
 //   Mapping: at::parallel_for over rows. Accumulation: fp32 (fp64 for fp64 inputs).
 #include "angular_common.h"
 
+#include <ATen/ops/empty.h>
+#include <ATen/ops/linalg_vector_norm.h>
+#include <ATen/ops/mm.h>
 #include <ATen/Parallel.h>
 
 #include "amc_kernels/dispatch.h"

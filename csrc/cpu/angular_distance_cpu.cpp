@@ -18,7 +18,11 @@
 //   accumulator of the thread's run of pairs (for_each_tile_pair; O(threads·N·D)), summed at
 //   the end. grad_y is empty.
 // Accumulation: fp32 (fp64 for fp64 inputs); θ and the gradients are cast to x's dtype.
-#include <ATen/ATen.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

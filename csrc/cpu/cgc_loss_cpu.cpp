@@ -21,7 +21,13 @@
 // over row blocks. The backward recomputes every statistic. Memory: O(B·h·w + B²), plus h×h and
 // w×w scratch per thread. Accumulation: acc_type (fp32; fp64 for fp64 maps); fp16 and bf16 maps
 // are converted once (they are h×w, not size×size).
-#include <ATen/ATen.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/mm.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

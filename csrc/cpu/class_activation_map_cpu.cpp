@@ -6,7 +6,11 @@
 // backward writes dA rows and the per-map row dw[b, k] = ⟨ĝ_b, A_bk⟩, then a parallel loop over
 // channel ranges adds the rows dw[b] into dW[t_b] with the maps in order (deterministic, no race).
 // Accumulation: acc_type (fp32; fp64 for fp64 inputs); fp16/bf16 rows are converted one at a time.
-#include <ATen/ATen.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

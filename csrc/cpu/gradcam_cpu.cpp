@@ -16,7 +16,11 @@
 // and G), an epilogue per map reduces them and writes the map; the backward's epilogue per map
 // gives dRaw, then its items write dA and dG (one pass over A, and G for "elementwise").
 // Accumulation: acc_type (fp32; fp64 for fp64 inputs); fp16/bf16 rows are converted one at a time.
-#include <ATen/ATen.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
+#include <ATen/ops/zeros.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

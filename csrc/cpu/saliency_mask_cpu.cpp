@@ -12,7 +12,10 @@
 // Mapping: at::parallel_for over images for the keep mask (a resize, one pass for min/max and
 // one for the decisions), then over (image, channel) planes for the masked copy: one pass over
 // the image data. Accumulation: acc_type of the saliency.
-#include <ATen/ATen.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 #include <ATen/Parallel.h>
 #include <c10/util/bit_cast.h>
 #include <torch/library.h>

@@ -1,7 +1,9 @@
 // _selfcheck_row_logsumexp on CPU.
 // Formula: out[r] = log Σ_c exp(x[r, c]), through amc_kernels::OnlineLogSumExp.
 // Mapping: at::parallel_for over rows; one pass per row. Accumulation: acc_type (fp32, fp64 for fp64).
-#include <ATen/ATen.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 

@@ -33,7 +33,17 @@
 // (A·C·D < 2^20) run on the calling thread in GEMM tiles of up to 1024 rows.
 // Memory: the C × D rows, their gradient and one tile per thread; never an A × C matrix.
 // Accumulation: fp32 (fp64 for fp64 inputs); fp16 and bf16 rows are converted as they are loaded.
-#include <ATen/ATen.h>
+#include <ATen/TensorOperators.h>
+#include <ATen/core/Tensor.h>
+#include <ATen/ops/_unique.h>
+#include <ATen/ops/addmm.h>
+#include <ATen/ops/arange.h>
+#include <ATen/ops/bincount.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/full_like.h>
+#include <ATen/ops/where.h>
+#include <ATen/ops/zeros.h>
+#include <ATen/ops/zeros_like.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
