@@ -35,6 +35,18 @@ def k_split(batch: int, k: int, hw: int, tiles: dict[str, int]) -> tuple[int, in
     return split, triton.cdiv(chunks, split) * tiles["BLOCK_K"]
 
 
+@triton.jit
+def map_eps(FP64: tl.constexpr):
+    """ε = 1e-8 of the map normalisations, rounded to the compute dtype as torch rounds it."""
+    return tl.full([], 1e-8, tl.float64 if FP64 else tl.float32)
+
+
+@triton.jit
+def minmax_normalized(x, lo, hi, FP64: tl.constexpr):
+    """(x − lo) / ((hi − lo) + ε) for a map with minimum lo and maximum hi (math.h's twin)."""
+    return (x - lo) / ((hi - lo) + map_eps(FP64))
+
+
 def pixel_tiles() -> dict[str, int]:
     """1-D tiles over the pixels of a resized map."""
     if interpreter_enabled():

@@ -22,8 +22,10 @@ from ._common import register_triton
 from ._interp import bilinear_sample, bilinear_scatter
 from ._maps import (
     k_split,
+    map_eps,
     map_offsets,
     map_tiles,
+    minmax_normalized,
     pixel_tiles,
     weighted_sum_bwd_kernel,
     weighted_sum_kernel,
@@ -33,12 +35,6 @@ from ._tiles import compute_dtype, forbid_double_backward, launch
 OP = "gradcam"
 
 NORMALIZE = {None: 0, "max": 1, "minmax": 2, "sum": 3}
-
-
-@triton.jit
-def map_eps(FP64: tl.constexpr):
-    """1e-8 rounded to the compute dtype, as torch rounds the Python constant."""
-    return tl.full([], 1e-8, tl.float64 if FP64 else tl.float32)
 
 
 @triton.jit
@@ -117,7 +113,7 @@ def normalize_kernel(
     if MODE == 1:
         out = y / (hi + eps)
     elif MODE == 2:
-        out = (y - lo) / ((hi - lo) + eps)
+        out = minmax_normalized(y, lo, hi, FP64)
     elif MODE == 3:
         out = y / (total + eps) + eps
     tl.store(out_ptr + b * HW + ps, out.to(out_ptr.dtype.element_ty), mask=mask)

@@ -21,6 +21,7 @@ import triton.language as tl
 from ..reference.saliency_mask import kept_pixel_count
 from ._common import interpreter_enabled, register_triton
 from ._interp import bilinear_sample
+from ._maps import minmax_normalized
 from ._tiles import compute_dtype, launch
 
 OP = "saliency_mask"
@@ -32,7 +33,7 @@ def saliency_keys(
 ):  # fmt: skip
     """(e, key) of flat pixels ps: e min-max normalised, key its bit pattern (−1 off the mask)."""
     s = bilinear_sample(s_ptr, ps // W, ps % W, mask, h, w, H, W, stride_h, stride_w, False, FP64)
-    e = (s - lo) / ((hi - lo) + tl.full([], 1e-8, tl.float64 if FP64 else tl.float32))
+    e = minmax_normalized(s, lo, hi, FP64)
     key = e.to(tl.int64, bitcast=True) if FP64 else e.to(tl.int32, bitcast=True).to(tl.int64)
     return e, tl.where(mask, key, -1)
 
