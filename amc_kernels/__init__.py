@@ -3,10 +3,10 @@
 Ops (each with a pure-PyTorch reference in :mod:`amc_kernels.reference`): angular_distance,
 amc_loss, supcon_loss, gradcam, class_activation_map, cgc_loss and saliency_mask. Choose a
 backend per call (``backend=``), per block (:func:`use_backend`) or per process
-(``AMC_KERNELS_BACKEND``); by default the fastest usable one is picked.
+(``AMC_KERNELS_BACKEND``); by default the fastest usable one is picked. Backends are imported
+on first use, from the table in :mod:`amc_kernels._dispatch`.
 """
 
-from . import _dispatch, _extension
 from ._dispatch import BACKENDS, BackendUnavailableError, use_backend
 from ._version import __version__
 from .functional import (
@@ -18,16 +18,6 @@ from .functional import (
     saliency_mask,
     supcon_loss,
 )
-
-_extension.register_unavailability()
-if _extension.available():
-    from . import cpp_ops  # noqa: F401  (fake kernels and autograd of the compiled ops)
-try:
-    import triton  # noqa: F401
-except ImportError:
-    _dispatch.mark_unavailable("triton", "triton is not installed: pip install amc-kernels[triton]")
-else:
-    from . import triton_kernels  # noqa: F401  (registers the triton backend)
 
 from . import nn  # noqa: E402  (modules build on the functions above)
 

@@ -1,4 +1,4 @@
-"""Backend choice for every op (DESIGN §3).
+"""Backend choice for every op (docs/design.md#3-backends-and-dispatch).
 
 Precedence: an explicit ``backend=`` argument, then :func:`use_backend`, then the
 ``AMC_KERNELS_BACKEND`` environment variable, then the device's automatic priority list.
@@ -11,6 +11,8 @@ dtype, shapes, options) is read: choosing never synchronises with the device.
 from __future__ import annotations
 
 import contextlib
+import importlib
+import importlib.util
 import logging
 import os
 from collections.abc import Callable, Iterator
@@ -57,12 +59,60 @@ Refusals = Callable[[Call], list[str]]
 class Implementation:
     op: str
     backend: str
-    fn: Callable[..., Any]
+    fn: Callable[..., Any]  # called with every argument of the op's spec by keyword
     refusals: Refusals  # the reasons it cannot run a call; empty when it can
 
 
-_REGISTRY: dict[str, dict[str, Implementation]] = {}
-_UNAVAILABLE: dict[str, str] = {}  # backend -> why it has no implementations at all
+#: For each op and backend, the module that implements it, imported on first use. The module
+#: defines a function named after the op and may define ``refusals(call) -> list[str]``. The
+#: cuda backend shares cpp's module: both call torch.ops.amc_kernels.<op>_fwd, and the dispatch
+#: key of the tensors picks the CPU or the CUDA kernel.
+IMPLEMENTATIONS: dict[str, dict[str, str]] = {
+    "angular_distance": {
+        "reference": "amc_kernels.reference.angular_distance",
+        "cpp": "amc_kernels.cpp_ops.angular_distance",
+        "cuda": "amc_kernels.cpp_ops.angular_distance",
+        "triton": "amc_kernels.triton_kernels.angular_distance",
+    },
+    "amc_loss": {
+        "reference": "amc_kernels.reference.amc_loss",
+        "cpp": "amc_kernels.cpp_ops.amc_loss",
+        "cuda": "amc_kernels.cpp_ops.amc_loss",
+        "triton": "amc_kernels.triton_kernels.amc_loss",
+    },
+    "supcon_loss": {
+        "reference": "amc_kernels.reference.supcon_loss",
+        "cpp": "amc_kernels.cpp_ops.supcon_loss",
+        "cuda": "amc_kernels.cpp_ops.supcon_loss",
+        "triton": "amc_kernels.triton_kernels.supcon_loss",
+    },
+    "gradcam": {
+        "reference": "amc_kernels.reference.gradcam",
+        "cpp": "amc_kernels.cpp_ops.gradcam",
+        "cuda": "amc_kernels.cpp_ops.gradcam",
+        "triton": "amc_kernels.triton_kernels.gradcam",
+    },
+    "class_activation_map": {
+        "reference": "amc_kernels.reference.class_activation_map",
+        "cpp": "amc_kernels.cpp_ops.class_activation_map",
+        "cuda": "amc_kernels.cpp_ops.class_activation_map",
+        "triton": "amc_kernels.triton_kernels.class_activation_map",
+    },
+    "cgc_loss": {
+        "reference": "amc_kernels.reference.cgc_loss",
+        "cpp": "amc_kernels.cpp_ops.cgc_loss",
+        "cuda": "amc_kernels.cpp_ops.cgc_loss",
+        "triton": "amc_kernels.triton_kernels.cgc_loss",
+    },
+    "saliency_mask": {
+        "reference": "amc_kernels.reference.saliency_mask",
+        "cpp": "amc_kernels.cpp_ops.saliency_mask",
+        "cuda": "amc_kernels.cpp_ops.saliency_mask",
+        "triton": "amc_kernels.triton_kernels.saliency_mask",
+    },
+}
+
+_REGISTRY: dict[str, dict[str, Implementation]] = {}  # loaded from the table, or registered
 _context_stack: list[str] = []
 _logged: set[tuple[str, str, str, str]] = set()
 
@@ -71,31 +121,89 @@ def accept_all(call: Call) -> list[str]:
     return []
 
 
+@torch.compiler.assume_constant_result  # a build property: torch.compile(fullgraph=True) folds it
+def has_kernel(schema: str, dispatch_key: str) -> bool:
+    """Whether amc_kernels::<schema> has a kernel for the dispatch key ("CPU" or "CUDA")."""
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"amc_kernels::{schema}", dispatch_key)
+
+
+def _compiled_refusals(device_type: str, dispatch_key: str) -> Refusals:
+    def refusals(call: Call) -> list[str]:
+        from . import _extension
+
+        error = _extension.load_error()
+        if error is not None:
+            return [error]
+        reasons = []
+        if call.device.type != device_type:
+            reasons.append(f"needs {device_type} tensors, got {call.device.type}")
+        if not has_kernel(f"{call.op}_fwd", dispatch_key):
+            reasons.append(f"amc_kernels._C has no {dispatch_key} kernel for {call.op}")
+        return reasons
+
+    return refusals
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0").strip() == "1"
+
+
+@torch.compiler.assume_constant_result
+def triton_installed() -> bool:
+    return importlib.util.find_spec("triton") is not None
+
+
+def _triton_refusals(call: Call) -> list[str]:
+    if not triton_installed():
+        return ["triton is not installed: pip install amc-kernels[triton]"]
+    if call.device.type == "cuda":
+        return []
+    if call.device.type == "cpu":
+        if interpreter_enabled():
+            return []
+        return ["CPU tensors need the Triton interpreter: set TRITON_INTERPRET=1 before importing"]
+    return [f"needs CUDA tensors, got {call.device.type}"]
+
+
+#: What a whole backend needs (device, build, interpreter), before any module is imported.
+BACKEND_REFUSALS: dict[str, Refusals] = {
+    "reference": accept_all,
+    "cpp": _compiled_refusals("cpu", "CPU"),
+    "cuda": _compiled_refusals("cuda", "CUDA"),
+    "triton": _triton_refusals,
+}
+
+
 def register(
     op: str, backend: str, fn: Callable[..., Any], refusals: Refusals = accept_all
 ) -> None:
-    """Plug an implementation of `op` into the registry (later registrations replace earlier)."""
+    """Plug an implementation of `op` in at run time (tests, plugins); it replaces the table's."""
     if backend not in BACKENDS:
         raise ValueError(f"register: backend must be one of {BACKENDS}, got {backend!r}")
     _REGISTRY.setdefault(op, {})[backend] = Implementation(op, backend, fn, refusals)
 
 
-def mark_unavailable(backend: str, reason: str) -> None:
-    """Record why a whole backend is missing (for example, the extension is not built)."""
-    _UNAVAILABLE[backend] = reason
-
-
-def registered_ops() -> tuple[str, ...]:
-    return tuple(_REGISTRY)
+@torch.compiler.assume_constant_result  # imports at trace time, so fullgraph compiles it
+def _load(op: str, backend: str) -> bool:
+    """Import the table's module for (op, backend) into the registry, once."""
+    if backend not in _REGISTRY.get(op, {}):
+        module = importlib.import_module(IMPLEMENTATIONS[op][backend])
+        own: Refusals = getattr(module, "refusals", accept_all)
+        needs = BACKEND_REFUSALS[backend]
+        register(op, backend, getattr(module, op), lambda call: needs(call) + own(call))
+    return True
 
 
 def refusals(backend: str, call: Call) -> list[str]:
     """Why `backend` cannot run `call`; an empty list means it can."""
-    impl = _REGISTRY.get(call.op, {}).get(backend)
-    if impl is None:
-        default = f"no {backend} kernel for this op in this build"
-        return [_UNAVAILABLE.get(backend, default)]
-    return impl.refusals(call)
+    if backend not in _REGISTRY.get(call.op, {}):
+        if backend not in IMPLEMENTATIONS.get(call.op, {}):
+            return [f"no {backend} implementation of {call.op}"]
+        reasons = BACKEND_REFUSALS[backend](call)
+        if reasons:
+            return reasons
+        _load(call.op, backend)
+    return _REGISTRY[call.op][backend].refusals(call)
 
 
 def check_backend_name(name: object, source: str) -> None:

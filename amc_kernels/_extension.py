@@ -7,8 +7,6 @@ import json
 
 import torch
 
-from . import _dispatch
-
 
 @functools.cache
 def load_error() -> str | None:
@@ -17,6 +15,7 @@ def load_error() -> str | None:
         from . import _C  # noqa: F401  (importing registers the torch.ops.amc_kernels ops)
     except ImportError as error:
         return f"amc_kernels._C is not built ({error}); reinstall with the C++ build enabled"
+    from .cpp_ops import selfcheck  # noqa: F401  (the self-check op's fake kernel)
     return None
 
 
@@ -29,14 +28,3 @@ def build_info() -> dict | None:
     if not available():
         return None
     return json.loads(torch.ops.amc_kernels.build_info())
-
-
-def register_unavailability() -> None:
-    """Tell the dispatcher why cpp and cuda cannot run when the extension is missing."""
-    error = load_error()
-    if error is not None:
-        _dispatch.mark_unavailable("cpp", error)
-        _dispatch.mark_unavailable("cuda", error)
-        return
-    if not build_info()["cuda"]:
-        _dispatch.mark_unavailable("cuda", "amc_kernels._C was built without CUDA kernels")

@@ -17,7 +17,8 @@ from collections.abc import Sequence
 
 import torch
 
-from . import _dispatch, _extension, functional, recipes, testing
+from . import _dispatch, _extension, recipes, testing
+from ._spec import OPS
 from ._version import __version__
 
 CHECK_DTYPES = {
@@ -78,7 +79,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     print()
     reasons: dict[str, int] = {}
     rows = []
-    for op in functional.__all__:
+    for op in OPS:
         for device in devices():
             call = generic_call(op, device)
             cells = []
@@ -131,16 +132,16 @@ def check_extension(device: torch.device) -> list[list[str]]:
 
 def check_backends(device: torch.device) -> tuple[list[list[str]], list[list[str]]]:
     rows, skipped = [], []
-    for op in functional.__all__:
+    for op in OPS:
         for backend in _dispatch.BACKENDS[1:]:
             refused = _dispatch.refusals(backend, generic_call(op, device))
             if refused:
                 skipped.append([op, str(device), backend, "; ".join(refused)])
                 continue
             for dtype in CHECK_DTYPES.get(device.type, (torch.float32,)):
-                args, kwargs = testing.make_inputs(op, device, dtype)
+                arguments = testing.make_inputs(op, device, dtype)
                 try:
-                    ok, error, bound = testing.compare_backend(op, backend, args, kwargs)
+                    ok, error, bound = testing.compare_backend(op, backend, arguments)
                 except Exception as failure:  # report, keep checking the rest
                     rows.append([op, str(device), backend, str(dtype), "ERROR", repr(failure)[:60]])
                     continue
@@ -200,7 +201,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .benchmarks import _harness  # imported here: the harness imports this module's helpers
+    from .benchmarks import _cli as _harness  # here: the harness imports this module's helpers
 
     parser = argparse.ArgumentParser(
         prog="amc-kernels",

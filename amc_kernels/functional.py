@@ -1,8 +1,10 @@
-"""The public functions: validation, the math of each op, and dispatch to a backend.
+"""The public functions: the math of each op, validation and dispatch to a backend.
 
 Every function takes ``backend=None|"auto"|"reference"|"cpp"|"cuda"|"triton"`` (see
-:mod:`amc_kernels._dispatch` for the precedence rules). Arithmetic runs in fp32, or fp64 for
-fp64 inputs; losses return fp32 for fp16/bf16 inputs, other outputs keep the input dtype.
+:mod:`amc_kernels._dispatch` for the precedence rules) and runs through :func:`run`: the op's
+spec (:mod:`amc_kernels._spec`) validates the arguments and gives the defaults, the dispatcher
+picks the implementation, which gets every argument by keyword. Arithmetic runs in fp32, or fp64
+for fp64 inputs; losses return fp32 for fp16/bf16 inputs, other outputs keep the input dtype.
 A batch of zero gives a zero loss or an empty output.
 """
 
@@ -12,9 +14,18 @@ from typing import Any
 
 import torch
 
-from . import _checks as check
-from . import _dispatch, reference
+from . import _dispatch
 from ._dispatch import Call
+from ._spec import (
+    AMC_LOSS,
+    ANGULAR_DISTANCE,
+    CGC_LOSS,
+    CLASS_ACTIVATION_MAP,
+    GRADCAM,
+    SALIENCY_MASK,
+    SUPCON_LOSS,
+    OpSpec,
+)
 
 __all__ = [
     "amc_loss",
@@ -26,35 +37,19 @@ __all__ = [
     "supcon_loss",
 ]
 
-REDUCTIONS = ("mean", "sum", "none")
-GRADCAM_NORMALIZATIONS = (None, "max", "minmax", "sum")
-
-for _op in __all__:
-    _dispatch.register(_op, "reference", getattr(reference, _op))
+_amc, _supcon, _gradcam, _cgc, _saliency = (
+    spec.defaults for spec in (AMC_LOSS, SUPCON_LOSS, GRADCAM, CGC_LOSS, SALIENCY_MASK)
+)
 
 
-def _dispatch_call(
-    op: str, backend: str | None, tensors: list[torch.Tensor], options: dict[str, Any]
-) -> Any:
-    first = tensors[0]
-    call = Call(op, first.device, first.dtype, tuple(tuple(t.shape) for t in tensors), options)
-    return _dispatch.select(call, backend).fn
-
-
-def _check_features(
-    op: str, name: str, x: object, dims: tuple[int, ...], layout: str
-) -> torch.Tensor:
-    x = check.floating(op, name, x)
-    check.ndim(op, name, x, dims, layout)
-    return x
-
-
-def _check_labels(op: str, labels: object, features: torch.Tensor) -> torch.Tensor:
-    labels = check.integer(op, "labels", labels)
-    check.ndim(op, "labels", labels, (1,), "[N]")
-    check.size(op, "labels", labels, 0, features.shape[0], "one label per sample of features")
-    check.same_device(op, "labels", labels, "features", features)
-    return labels
+def run(spec: OpSpec, backend: str | None, **arguments: Any) -> Any:
+    """Validate `arguments` by `spec`, choose the backend from metadata only, and call it."""
+    arguments = spec.validate(arguments)
+    tensors = [arguments[name] for name in spec.tensors if arguments[name] is not None]
+    options = {o.name: arguments[o.name] for o in spec.options}
+    shapes = tuple(tuple(t.shape) for t in tensors)
+    call = Call(spec.name, tensors[0].device, tensors[0].dtype, shapes, options)
+    return _dispatch.select(call, backend).fn(**arguments)
 
 
 def angular_distance(
@@ -71,27 +66,16 @@ def angular_distance(
     Returns:
         [N, M] in x's dtype.
     """
-    op = "angular_distance"
-    x = _check_features(op, "x", x, (2,), "[N, D]")
-    tensors = [x]
-    if y is not None:
-        y = _check_features(op, "y", y, (2,), "[M, D]")
-        check.same_device(op, "y", y, "x", x)
-        check.same_dtype(op, "y", y, "x", x)
-        check.size(op, "y", y, 1, x.shape[1], "the feature size D of x")
-        tensors.append(y)
-    for name, t in zip(("x", "y"), tensors, strict=False):
-        check.finite_values(op, name, t)
-    return _dispatch_call(op, backend, tensors, {})(x, y)
+    return run(ANGULAR_DISTANCE, backend, x=x, y=y)
 
 
 def amc_loss(
     features: torch.Tensor,
     labels: torch.Tensor,
     *,
-    margin: float = 0.5,
-    pairs: str = "all",
-    reduction: str = "mean",
+    margin: float = _amc.margin,
+    pairs: str = _amc.pairs,
+    reduction: str = _amc.reduction,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Angular Margin Contrastive loss (Choi, Som and Turaga, 2020).
@@ -111,28 +95,27 @@ def amc_loss(
     Returns:
         A scalar, or the vector above; fp32 for fp16/bf16 features.
     """
-    op = "amc_loss"
-    features = _check_features(op, "features", features, (2,), "[N, D]")
-    labels = _check_labels(op, labels, features)
-    margin = check.positive(op, "margin", margin)
-    check.choice(op, "pairs", pairs, ("all", "halves"))
-    check.choice(op, "reduction", reduction, REDUCTIONS)
-    check.finite_values(op, "features", features)
-    options = {"margin": margin, "pairs": pairs, "reduction": reduction}
-    fn = _dispatch_call(op, backend, [features, labels], options)
-    return fn(features, labels, **options)
+    return run(
+        AMC_LOSS,
+        backend,
+        features=features,
+        labels=labels,
+        margin=margin,
+        pairs=pairs,
+        reduction=reduction,
+    )
 
 
 def supcon_loss(
     features: torch.Tensor,
     labels: torch.Tensor | None = None,
     *,
-    temperature: float = 0.1,
-    base_temperature: float = 0.07,
-    contrast_mode: str = "all",
+    temperature: float = _supcon.temperature,
+    base_temperature: float = _supcon.base_temperature,
+    contrast_mode: str = _supcon.contrast_mode,
     negatives: torch.Tensor | None = None,
-    normalize: bool = True,
-    reduction: str = "mean",
+    normalize: bool = _supcon.normalize,
+    reduction: str = _supcon.reduction,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Supervised contrastive loss (Khosla et al., 2020), as SupContrast's ``losses.py``.
@@ -155,68 +138,28 @@ def supcon_loss(
     Returns:
         A scalar or [A]; fp32 for fp16/bf16 features.
     """
-    op = "supcon_loss"
-    features = _check_features(op, "features", features, (2, 3), "[N, V, D] or [N, D]")
-    if features.dim() == 3 and features.shape[1] == 0:
-        raise ValueError(f"{op}: features must have at least one view, got shape [N, 0, D]")
-    tensors = [features]
-    if labels is not None:
-        tensors.append(_check_labels(op, labels, features))
-    check.positive(op, "temperature", temperature)
-    check.positive(op, "base_temperature", base_temperature)
-    check.choice(op, "contrast_mode", contrast_mode, ("all", "one"))
-    check.choice(op, "normalize", normalize, (True, False))
-    check.choice(op, "reduction", reduction, REDUCTIONS)
-    if negatives is not None:
-        negatives = _check_features(op, "negatives", negatives, (2,), "[M, D]")
-        check.same_device(op, "negatives", negatives, "features", features)
-        check.same_dtype(op, "negatives", negatives, "features", features)
-        check.size(op, "negatives", negatives, 1, features.shape[-1], "the feature size D")
-        check.finite_values(op, "negatives", negatives)
-        tensors.append(negatives)
-    check.finite_values(op, "features", features)
-    options = {
-        "temperature": float(temperature),
-        "base_temperature": float(base_temperature),
-        "contrast_mode": contrast_mode,
-        "normalize": normalize,
-        "reduction": reduction,
-    }
-    fn = _dispatch_call(op, backend, tensors, {**options, "labels": labels is not None})
-    return fn(features, labels, negatives=negatives, **options)
-
-
-def _check_maps(
-    op: str, name: str, x: object, other_name: str, other: torch.Tensor
-) -> torch.Tensor:
-    x = _check_features(op, name, x, (other.dim(),), str(list(other.shape)) + f" (as {other_name})")
-    check.same_device(op, name, x, other_name, other)
-    check.same_dtype(op, name, x, other_name, other)
-    if x.shape != other.shape:
-        raise ValueError(
-            f"{op}: {name} must have the shape of {other_name}, {tuple(other.shape)}; "
-            f"got {tuple(x.shape)}"
-        )
-    return x
-
-
-def _check_pixels(op: str, name: str, x: torch.Tensor) -> None:
-    """Maps are resampled and normalised over their pixels: height and width must be ≥ 1."""
-    if 0 in x.shape[-2:]:
-        raise ValueError(
-            f"{op}: {name} must have a height and a width of at least 1 pixel, "
-            f"got shape {tuple(x.shape)}"
-        )
+    return run(
+        SUPCON_LOSS,
+        backend,
+        features=features,
+        labels=labels,
+        negatives=negatives,
+        temperature=temperature,
+        base_temperature=base_temperature,
+        contrast_mode=contrast_mode,
+        normalize=normalize,
+        reduction=reduction,
+    )
 
 
 def gradcam(
     activations: torch.Tensor,
     gradients: torch.Tensor,
     *,
-    weighting: str = "mean",
-    relu: bool = True,
-    normalize: str | None = None,
-    output_size: int | tuple[int, int] | None = None,
+    weighting: str = _gradcam.weighting,
+    relu: bool = _gradcam.relu,
+    normalize: str | None = _gradcam.normalize,
+    output_size: int | tuple[int, int] | None = _gradcam.output_size,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Batched Grad-CAM from a layer's activations A and gradients G = ∂score/∂A.
@@ -234,19 +177,16 @@ def gradcam(
     Returns:
         [B, H', W'] in the activations' dtype.
     """
-    op = "gradcam"
-    activations = _check_features(op, "activations", activations, (4,), "[B, K, H, W]")
-    _check_pixels(op, "activations", activations)
-    gradients = _check_maps(op, "gradients", gradients, "activations", activations)
-    check.choice(op, "weighting", weighting, ("mean", "elementwise"))
-    check.choice(op, "relu", relu, (True, False))
-    check.choice(op, "normalize", normalize, GRADCAM_NORMALIZATIONS)
-    size = None if output_size is None else check.size_pair(op, "output_size", output_size)
-    check.finite_values(op, "activations", activations)
-    check.finite_values(op, "gradients", gradients)
-    options = {"weighting": weighting, "relu": relu, "normalize": normalize, "output_size": size}
-    fn = _dispatch_call(op, backend, [activations, gradients], options)
-    return fn(activations, gradients, **options)
+    return run(
+        GRADCAM,
+        backend,
+        activations=activations,
+        gradients=gradients,
+        weighting=weighting,
+        relu=relu,
+        normalize=normalize,
+        output_size=output_size,
+    )
 
 
 def class_activation_map(
@@ -268,43 +208,13 @@ def class_activation_map(
     Returns:
         [B, H, W] in the activations' dtype; differentiable in activations and fc_weight.
     """
-    op = "class_activation_map"
-    activations = _check_features(op, "activations", activations, (4,), "[B, K, H, W]")
-    fc_weight = _check_features(op, "fc_weight", fc_weight, (2,), "[C, K]")
-    check.same_device(op, "fc_weight", fc_weight, "activations", activations)
-    check.same_dtype(op, "fc_weight", fc_weight, "activations", activations)
-    check.size(op, "fc_weight", fc_weight, 1, activations.shape[1], "the channels K of activations")
-    targets = check.integer(op, "targets", targets)
-    check.ndim(op, "targets", targets, (1,), "[B]")
-    check.size(op, "targets", targets, 0, activations.shape[0], "one target per map")
-    check.same_device(op, "targets", targets, "activations", activations)
-    check.index_values(op, "targets", targets, fc_weight.shape[0], "the classes C of fc_weight")
-    check.finite_values(op, "activations", activations)
-    check.finite_values(op, "fc_weight", fc_weight)
-    fn = _dispatch_call(op, backend, [activations, fc_weight, targets], {})
-    return fn(activations, fc_weight, targets)
-
-
-def _check_crops(
-    op: str, crops: object, batch: int, size: int, device: torch.device
-) -> torch.Tensor:
-    crops = check.integer(op, "crops", crops, "(i, j, height, width) crop boxes")
-    check.ndim(op, "crops", crops, (2,), "[B, 4]")
-    check.size(op, "crops", crops, 0, batch, "one crop per map")
-    check.size(op, "crops", crops, 1, 4, "(i, j, height, width)")
-    if crops.device != device:
-        raise ValueError(f"{op}: crops is on {crops.device} but the maps are on {device}")
-    if check.value_checks_enabled() and batch:
-        top, left, height, width = crops.long().unbind(1)
-        inside = (top >= 0) & (left >= 0) & (height >= 1) & (width >= 1)
-        inside &= (top + height <= size) & (left + width <= size)
-        if not bool(inside.all()):
-            bad = int((~inside).nonzero()[0, 0])
-            raise ValueError(
-                f"{op}: crops[{bad}] = {crops[bad].tolist()} is outside the {size}×{size} frame; "
-                f"each (i, j, h, w) needs i, j ≥ 0, h, w ≥ 1, i + h ≤ size and j + w ≤ size"
-            )
-    return crops
+    return run(
+        CLASS_ACTIVATION_MAP,
+        backend,
+        activations=activations,
+        fc_weight=fc_weight,
+        targets=targets,
+    )
 
 
 def cgc_loss(
@@ -313,8 +223,8 @@ def cgc_loss(
     crops: torch.Tensor,
     flips: torch.Tensor,
     *,
-    temperature: float = 0.5,
-    size: int = 224,
+    temperature: float = _cgc.temperature,
+    size: int = _cgc.size,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Contrastive Grad-CAM Consistency loss (Pillai et al., CVPR 2022), as the official code.
@@ -332,32 +242,25 @@ def cgc_loss(
     Returns:
         A scalar (fp32 for fp16/bf16 maps), differentiable in both maps.
     """
-    op = "cgc_loss"
-    cam_orig = _check_features(op, "cam_orig", cam_orig, (3,), "[B, h, w]")
-    _check_pixels(op, "cam_orig", cam_orig)
-    cam_aug = _check_maps(op, "cam_aug", cam_aug, "cam_orig", cam_orig)
-    temperature = check.positive(op, "temperature", temperature)
-    size = check.positive_int(op, "size", size)
-    batch = cam_orig.shape[0]
-    crops = _check_crops(op, crops, batch, size, cam_orig.device)
-    flips = check.boolean(op, "flips", flips)
-    check.ndim(op, "flips", flips, (1,), "[B]")
-    check.size(op, "flips", flips, 0, batch, "one flag per map")
-    check.same_device(op, "flips", flips, "cam_orig", cam_orig)
-    check.finite_values(op, "cam_orig", cam_orig)
-    check.finite_values(op, "cam_aug", cam_aug)
-    options = {"temperature": temperature, "size": size}
-    fn = _dispatch_call(op, backend, [cam_orig, cam_aug, crops, flips], options)
-    return fn(cam_orig, cam_aug, crops, flips, **options)
+    return run(
+        CGC_LOSS,
+        backend,
+        cam_orig=cam_orig,
+        cam_aug=cam_aug,
+        crops=crops,
+        flips=flips,
+        temperature=temperature,
+        size=size,
+    )
 
 
 def saliency_mask(
     images: torch.Tensor,
     saliency: torch.Tensor,
     *,
-    threshold: float = 0.5,
-    top_fraction: float | None = None,
-    fill: float = 0.0,
+    threshold: float = _saliency.threshold,
+    top_fraction: float | None = _saliency.top_fraction,
+    fill: float = _saliency.fill,
     backend: str | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """ExCon's masked view: keep the salient pixels, set the others to ``fill``.
@@ -373,18 +276,12 @@ def saliency_mask(
         (masked images [B, C, H, W] in the images' dtype, keep mask [B, H, W] bool).
         Not differentiable.
     """
-    op = "saliency_mask"
-    images = _check_features(op, "images", images, (4,), "[B, C, H, W]")
-    saliency = _check_features(op, "saliency", saliency, (3,), "[B, h, w]")
-    check.size(op, "saliency", saliency, 0, images.shape[0], "one map per image")
-    _check_pixels(op, "images", images)
-    _check_pixels(op, "saliency", saliency)
-    check.same_device(op, "saliency", saliency, "images", images)
-    threshold = check.real(op, "threshold", threshold)
-    if top_fraction is not None:
-        top_fraction = check.in_range(op, "top_fraction", top_fraction, 0.0, 1.0)
-    fill = check.real(op, "fill", fill)
-    check.finite_values(op, "saliency", saliency)
-    options = {"threshold": threshold, "top_fraction": top_fraction, "fill": fill}
-    fn = _dispatch_call(op, backend, [images, saliency], options)
-    return fn(images, saliency, **options)
+    return run(
+        SALIENCY_MASK,
+        backend,
+        images=images,
+        saliency=saliency,
+        threshold=threshold,
+        top_fraction=top_fraction,
+        fill=fill,
+    )

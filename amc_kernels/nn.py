@@ -8,6 +8,16 @@ import torch
 from torch import nn
 
 from . import functional as F
+from ._dispatch import check_backend_name
+from ._spec import AMC_LOSS, CGC_LOSS, GRADCAM, SUPCON_LOSS, OpSpec
+
+_amc, _supcon, _cgc, _gradcam = (s.defaults for s in (AMC_LOSS, SUPCON_LOSS, CGC_LOSS, GRADCAM))
+
+
+def _checked(spec: OpSpec, backend: str | None, **options: object) -> None:
+    """Settings are checked at construction, as the functional form checks them per call."""
+    spec.check_options(options)
+    check_backend_name(backend, "backend")
 
 
 class AMCLoss(nn.Module):
@@ -15,12 +25,13 @@ class AMCLoss(nn.Module):
 
     def __init__(
         self,
-        margin: float = 0.5,
-        pairs: str = "all",
-        reduction: str = "mean",
+        margin: float = _amc.margin,
+        pairs: str = _amc.pairs,
+        reduction: str = _amc.reduction,
         backend: str | None = None,
     ) -> None:
         super().__init__()
+        _checked(AMC_LOSS, backend, margin=margin, pairs=pairs, reduction=reduction)
         self.margin, self.pairs, self.reduction, self.backend = margin, pairs, reduction, backend
 
     def forward(self, features: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -48,14 +59,23 @@ class SupConLoss(nn.Module):
 
     def __init__(
         self,
-        temperature: float = 0.1,
-        base_temperature: float = 0.07,
-        contrast_mode: str = "all",
-        normalize: bool = True,
-        reduction: str = "mean",
+        temperature: float = _supcon.temperature,
+        base_temperature: float = _supcon.base_temperature,
+        contrast_mode: str = _supcon.contrast_mode,
+        normalize: bool = _supcon.normalize,
+        reduction: str = _supcon.reduction,
         backend: str | None = None,
     ) -> None:
         super().__init__()
+        _checked(
+            SUPCON_LOSS,
+            backend,
+            temperature=temperature,
+            base_temperature=base_temperature,
+            contrast_mode=contrast_mode,
+            normalize=normalize,
+            reduction=reduction,
+        )
         self.temperature, self.base_temperature = temperature, base_temperature
         self.contrast_mode, self.normalize = contrast_mode, normalize
         self.reduction, self.backend = reduction, backend
@@ -90,9 +110,13 @@ class CGCLoss(nn.Module):
     """Module form of :func:`amc_kernels.cgc_loss`; forward(cam_orig, cam_aug, crops, flips)."""
 
     def __init__(
-        self, temperature: float = 0.5, size: int = 224, backend: str | None = None
+        self,
+        temperature: float = _cgc.temperature,
+        size: int = _cgc.size,
+        backend: str | None = None,
     ) -> None:
         super().__init__()
+        _checked(CGC_LOSS, backend, temperature=temperature, size=size)
         self.temperature, self.size, self.backend = temperature, size, backend
 
     def forward(
@@ -137,13 +161,21 @@ class GradCAM(nn.Module):
         model: nn.Module,
         layer: str,
         *,
-        weighting: str = "mean",
-        relu: bool = True,
-        normalize: str | None = None,
-        output_size: int | tuple[int, int] | None = None,
+        weighting: str = _gradcam.weighting,
+        relu: bool = _gradcam.relu,
+        normalize: str | None = _gradcam.normalize,
+        output_size: int | tuple[int, int] | None = _gradcam.output_size,
         backend: str | None = None,
     ) -> None:
         super().__init__()
+        _checked(
+            GRADCAM,
+            backend,
+            weighting=weighting,
+            relu=relu,
+            normalize=normalize,
+            output_size=output_size,
+        )
         modules = dict(model.named_modules())
         if layer not in modules:
             names = ", ".join(name for name in modules if name) or "(none)"

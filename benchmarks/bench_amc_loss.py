@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import sys
 
-from amc_kernels.benchmarks._harness import Draw, Inputs, OpBench, Sweep, Variant, by_mode, main
+from amc_kernels.benchmarks._cli import main
+from amc_kernels.benchmarks._harness import Draw, Inputs, Variant, embedding_bench, gram_work
 
 CLASSES = 10  # CIFAR-10, as in the AMC paper
 
@@ -26,21 +27,10 @@ def all_pairs(draw: Draw, n: int, d: int) -> Inputs:
 
 
 def work(variant: str, n: int, d: int, s: int, mode: str) -> tuple[float, float]:
-    forward = 2.0 * n * n * d, float(n * d * s + 8 * n)
-    backward = 4.0 * n * n * d, float(2 * n * d * s + 8 * n)
-    return by_mode(forward, backward, mode)
+    return gram_work(n, d, n * d * s + 8 * n, 2 * n * d * s + 8 * n, mode)
 
 
-BENCH = OpBench(
-    op="amc_loss",
-    n_name="N",
-    d_name="D",
-    variants=(Variant("all-pairs", all_pairs),),
-    work=work,
-    quick=Sweep((256, 1024), (128,)),
-    cpu=Sweep((256, 512, 1024, 2048, 4096), (128, 512), compile_dims=(128,)),
-    cuda=Sweep((256, 1024, 4096, 16384, 32768, 65536), (128, 512), ("bfloat16", "float32")),
-)
+BENCH = embedding_bench("amc_loss", (Variant("all-pairs", all_pairs),), work)
 
 if __name__ == "__main__":
     sys.exit(main(BENCH))

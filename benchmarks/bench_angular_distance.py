@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import sys
 
-from amc_kernels.benchmarks._harness import Draw, Inputs, OpBench, Sweep, Variant, by_mode, main
+from amc_kernels.benchmarks._cli import main
+from amc_kernels.benchmarks._harness import Draw, Inputs, Variant, embedding_bench, gram_work
 
 
 def self_distance(draw: Draw, n: int, d: int) -> Inputs:
@@ -20,21 +21,10 @@ def self_distance(draw: Draw, n: int, d: int) -> Inputs:
 
 
 def work(variant: str, n: int, d: int, s: int, mode: str) -> tuple[float, float]:
-    forward = 2.0 * n * n * d, float(n * d * s + n * n * s)
-    backward = 4.0 * n * n * d, float(n * n * s + 2 * n * d * s)
-    return by_mode(forward, backward, mode)
+    return gram_work(n, d, n * d * s + n * n * s, n * n * s + 2 * n * d * s, mode)
 
 
-BENCH = OpBench(
-    op="angular_distance",
-    n_name="N",
-    d_name="D",
-    variants=(Variant("self", self_distance),),
-    work=work,
-    quick=Sweep((256, 1024), (128,)),
-    cpu=Sweep((256, 512, 1024, 2048, 4096), (128, 512), compile_dims=(128,)),
-    cuda=Sweep((256, 1024, 4096, 16384, 32768, 65536), (128, 512), ("bfloat16", "float32")),
-)
+BENCH = embedding_bench("angular_distance", (Variant("self", self_distance),), work)
 
 if __name__ == "__main__":
     sys.exit(main(BENCH))

@@ -16,7 +16,8 @@ import sys
 
 import torch
 
-from amc_kernels.benchmarks._harness import Draw, Inputs, OpBench, Sweep, Variant, by_mode, main
+from amc_kernels.benchmarks._cli import main
+from amc_kernels.benchmarks._harness import Draw, Inputs, OpBench, Sweep, Variant, by_mode
 
 FRAME = 224
 

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import sys
 
-from amc_kernels.benchmarks._harness import Draw, Inputs, OpBench, Sweep, Variant, by_mode, main
+from amc_kernels.benchmarks._cli import main
+from amc_kernels.benchmarks._harness import Draw, Inputs, OpBench, Sweep, Variant, by_mode
 
 SIDE = 7
 CLASSES = 1000

@@ -29,16 +29,8 @@ from typing import Any
 
 import torch
 
-from amc_kernels.benchmarks._harness import (
-    Draw,
-    Inputs,
-    OpBench,
-    Peer,
-    Sweep,
-    Variant,
-    by_mode,
-    main,
-)
+from amc_kernels.benchmarks._cli import main
+from amc_kernels.benchmarks._harness import Draw, Inputs, OpBench, Peer, Sweep, Variant, by_mode
 
 SIDES = {"mean-224": 7, "elementwise": 7, "mean-14": 14}
 OUTPUT = (224, 224)

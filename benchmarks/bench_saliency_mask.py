@@ -14,7 +14,8 @@ import sys
 from collections.abc import Callable
 from typing import Any
 
-from amc_kernels.benchmarks._harness import Draw, Inputs, OpBench, Sweep, Variant, main
+from amc_kernels.benchmarks._cli import main
+from amc_kernels.benchmarks._harness import Draw, Inputs, OpBench, Sweep, Variant
 
 CHANNELS, SIDE = 3, 7
 

@@ -24,16 +24,8 @@ from typing import Any
 
 import torch
 
-from amc_kernels.benchmarks._harness import (
-    Draw,
-    Inputs,
-    OpBench,
-    Peer,
-    Sweep,
-    Variant,
-    by_mode,
-    main,
-)
+from amc_kernels.benchmarks._cli import main
+from amc_kernels.benchmarks._harness import Draw, Inputs, Peer, Variant, embedding_bench, gram_work
 
 VIEWS = 2
 CLASSES = 100  # CIFAR-100, as in SupCon and ExCon
@@ -69,24 +61,19 @@ def pml_loss(name: str) -> Callable[[Inputs], Callable[[], Any]]:
 def work(variant: str, n: int, d: int, s: int, mode: str) -> tuple[float, float]:
     rows = VIEWS * n
     labels = 8 * n if variant == "supcon" else 0
-    forward = 2.0 * rows * rows * d, float(rows * d * s + labels)
-    backward = 4.0 * rows * rows * d, float(2 * rows * d * s + labels)
-    return by_mode(forward, backward, mode)
+    return gram_work(rows, d, rows * d * s + labels, 2 * rows * d * s + labels, mode)
 
 
 PACKAGE = "pytorch_metric_learning"
-BENCH = OpBench(
-    op="supcon_loss",
-    n_name="N",
-    d_name="D",
-    variants=(
+BENCH = embedding_bench(
+    "supcon_loss",
+    (
         Variant("supcon", supervised, (Peer("pml-SupConLoss", PACKAGE, pml_loss("SupConLoss")),)),
         Variant("simclr", simclr, (Peer("pml-NTXentLoss", PACKAGE, pml_loss("NTXentLoss")),)),
     ),
-    work=work,
-    quick=Sweep((128, 512), (128,)),
-    cpu=Sweep((256, 512, 1024, 2048), (128, 512), compile_dims=(128,)),
-    cuda=Sweep((256, 1024, 4096, 16384, 32768, 65536), (128, 512), ("bfloat16", "float32")),
+    work,
+    quick_sizes=(128, 512),
+    cpu_sizes=(256, 512, 1024, 2048),
 )
 
 if __name__ == "__main__":

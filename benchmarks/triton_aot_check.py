@@ -78,7 +78,8 @@ def _angular_distance(dt: torch.dtype) -> None:
             x = _t(512, d, dtype=dt)
             y = None if symmetric else _t(384, d, dtype=dt)
             _raw(m.angular_distance_fwd)(x, y)
-            _raw(m.angular_distance_bwd)(_t(512, 512 if symmetric else 384, dtype=dt), x, y)
+            grad = _t(512, 512 if symmetric else 384, dtype=dt)
+            _raw(m.angular_distance_bwd)(grad, x, y, False, [True, True])
 
 
 def _amc_loss(dt: torch.dtype) -> None:
@@ -89,7 +90,8 @@ def _amc_loss(dt: torch.dtype) -> None:
         for pairs, reduction in (("all", "mean"), ("all", "none"), ("halves", "mean")):
             x = _t(512, d, dtype=dt)
             loss = _raw(m.amc_loss_fwd)(x, labels, 0.5, pairs, reduction)
-            _raw(m.amc_loss_bwd)(torch.empty_like(loss), x, labels, 0.5, pairs, reduction)
+            args = (0.5, pairs, reduction, False, [True])
+            _raw(m.amc_loss_bwd)(torch.empty_like(loss), x, labels, *args)
 
 
 def _supcon_loss(dt: torch.dtype) -> None:
@@ -99,9 +101,14 @@ def _supcon_loss(dt: torch.dtype) -> None:
         for labels in (_t(256, dtype=torch.int64), None):
             x = _t(256, 2, d, dtype=dt)
             opts = (0.1, 0.07, "all", True, "mean")
-            loss, stats = _raw(m.supcon_loss_fwd)(x, labels, None, *opts)
-            _raw(m.supcon_loss_bwd)(torch.empty_like(loss), x, labels, None, stats, *opts)
+            loss, lse = _raw(m.supcon_loss_fwd)(x, labels, None, *opts)
+            grad = torch.empty_like(loss)
+            _raw(m.supcon_loss_bwd)(grad, x, labels, None, lse, *opts, [True, False])
 
+
+# output_mask of the backward ops of two inputs: both first (the --subset configs), then each
+# one alone (their own constexpr specialisations, in the full sweep).
+_MASKS = ([True, True], [True, False], [False, True])
 
 # Grad-CAM layers: ResNet-50's last (small maps, many channels: channels split over programs)
 # and an early one (large maps: no split).
@@ -117,11 +124,13 @@ def _gradcam(dt: torch.dtype) -> None:
                 for normalize in ("none", "max", "minmax", "sum"):
                     for size in ([], [224, 224]):
                         a, g = _t(*shape, dtype=dt), _t(*shape, dtype=dt)
-                        out, raw, alpha, y = _raw(m.gradcam_fwd)(
+                        out, raw, alpha = _raw(m.gradcam_fwd)(
                             a, g, weighting, relu, normalize, size
                         )
                         args = (weighting, relu, normalize, size)
-                        _raw(m.gradcam_bwd)(torch.empty_like(out), a, g, raw, alpha, y, *args)
+                        for mask in _MASKS:
+                            grad = torch.empty_like(out)
+                            _raw(m.gradcam_bwd)(grad, a, g, raw, alpha, *args, mask)
 
 
 def _class_activation_map(dt: torch.dtype) -> None:
@@ -131,7 +140,8 @@ def _class_activation_map(dt: torch.dtype) -> None:
         a, weight = _t(*shape, dtype=dt), _t(1000, shape[1], dtype=dt)
         targets = _t(shape[0], dtype=torch.int64)
         cam = _raw(m.class_activation_map_fwd)(a, weight, targets)
-        _raw(m.class_activation_map_bwd)(torch.empty_like(cam), a, weight, targets)
+        for mask in _MASKS:
+            _raw(m.class_activation_map_bwd)(torch.empty_like(cam), a, weight, targets, mask)
 
 
 def _saliency_mask(dt: torch.dtype) -> None:
@@ -149,7 +159,8 @@ def _cgc_loss(dt: torch.dtype) -> None:
         orig, aug = _t(64, side, side, dtype=dt), _t(64, side, side, dtype=dt)
         crops, flips = _t(64, 4, dtype=torch.int64), _t(64, dtype=torch.bool)
         loss = _raw(m.cgc_loss_fwd)(orig, aug, crops, flips, 0.5, 224)
-        _raw(m.cgc_loss_bwd)(torch.empty_like(loss), orig, aug, crops, flips, 0.5, 224)
+        for mask in _MASKS:
+            _raw(m.cgc_loss_bwd)(torch.empty_like(loss), orig, aug, crops, flips, 0.5, 224, mask)
 
 
 CASES: dict[str, Callable[[torch.dtype], None]] = {
@@ -232,7 +243,7 @@ def compile_case(op: str, dtype: str, subset: bool) -> list[Result]:
     from triton.backends.compiler import GPUTarget
     from triton.compiler import make_backend
 
-    from amc_kernels.triton_kernels._tiles import record_launches
+    from amc_kernels.triton_kernels._common import record_launches
 
     knobs.nvidia.dump_ptxas_log = True  # ptxas -v's report: registers and spills
     # A fresh cache per case: a hit (a kernel shared by ops) would run no ptxas, report nothing.

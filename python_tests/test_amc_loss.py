@@ -859,13 +859,19 @@ def test_triton_opcheck(triton_device: torch.device) -> None:
     utils = ("test_schema", "test_autograd_registration")
     if triton_device.type == "cuda":
         utils += ("test_faketensor", "test_aot_dispatch_dynamic")
+    from amc_kernels._clamp_convention import CLAMP_GRAD_AT_BOUNDS
+
     x = rand(5, 4, seed=1).to(triton_device).requires_grad_()
     labels = longs([0, 1, 0, 1, 1]).to(triton_device)
     for pairs, reduction in (("all", "mean"), ("all", "none"), ("halves", "none")):
         args = (x, labels, 1.0, pairs, reduction)
         torch.library.opcheck(ops.amc_loss_fwd, args, test_utils=utils)
         grad = torch.ones_like(ops.amc_loss_fwd(*args))
-        torch.library.opcheck(ops.amc_loss_bwd, (grad, x.detach(), *args[1:]), test_utils=utils)
+        for mask in ([True], [False]):
+            bwd_args = (grad, x.detach(), *args[1:], CLAMP_GRAD_AT_BOUNDS, mask)
+            torch.library.opcheck(ops.amc_loss_bwd, bwd_args, test_utils=utils)
+        masked = ops.amc_loss_bwd(grad, x.detach(), *args[1:], CLAMP_GRAD_AT_BOUNDS, [False])
+        assert masked.shape == (0,)
 
 
 @pytest.mark.triton

@@ -842,10 +842,30 @@ def test_triton_opcheck(triton_device: torch.device) -> None:
     y = rand(3, 4, seed=2).to(triton_device).requires_grad_()
     for other in (y, None):
         torch.library.opcheck(ops.angular_distance_fwd, (x, other), test_utils=utils)
+    from amc_kernels._clamp_convention import CLAMP_GRAD_AT_BOUNDS
+
     grad = rand(5, 3, seed=3).to(triton_device)
-    torch.library.opcheck(
-        ops.angular_distance_bwd, (grad, x.detach(), y.detach()), test_utils=utils
-    )
+    for mask in ([True, True], [True, False], [False, True]):
+        args = (grad, x.detach(), y.detach(), CLAMP_GRAD_AT_BOUNDS, mask)
+        torch.library.opcheck(ops.angular_distance_bwd, args, test_utils=utils)
+
+
+@pytest.mark.triton
+def test_triton_backward_honours_output_mask(triton_device: torch.device) -> None:
+    from amc_kernels._clamp_convention import CLAMP_GRAD_AT_BOUNDS
+
+    ops = _triton_ops()
+    x, y = rand(6, 5, seed=4).to(triton_device), rand(4, 5, seed=5).to(triton_device)
+    for other in (y, None):
+        grad = rand(6, 6 if other is None else 4, seed=6).to(triton_device)
+        full = ops.angular_distance_bwd(grad, x, other, CLAMP_GRAD_AT_BOUNDS, [True, True])
+        for mask in ([True, False], [False, True]):
+            got = ops.angular_distance_bwd(grad, x, other, CLAMP_GRAD_AT_BOUNDS, mask)
+            for wanted, g, f in zip(mask, got, full, strict=True):
+                if wanted and f.numel():
+                    assert torch.equal(g, f)
+                else:
+                    assert g.shape == (0,)
 
 
 @pytest.mark.triton

@@ -14,8 +14,21 @@ import torch
 
 import amc_kernels
 from amc_kernels import _dispatch, cli, functional, reference
-from amc_kernels.benchmarks import _harness, _results, plot
-from amc_kernels.benchmarks._harness import Case, Draw, Inputs, Notes, Peer, Plan, Variant
+from amc_kernels.benchmarks import (
+    _cli,
+    _harness,
+    _isolation,
+    _measure,
+    _memory,
+    _plan,
+    _results,
+    _roofline,
+    _timing,
+    plot,
+)
+from amc_kernels.benchmarks._harness import Draw, Inputs, Peer, Variant
+from amc_kernels.benchmarks._measure import Case, ModeResult
+from amc_kernels.benchmarks._plan import Notes, Plan
 
 ROOT = Path(__file__).resolve().parents[1]
 CPU = torch.device("cpu")
@@ -48,7 +61,7 @@ def test_bench_script_help_shows_its_analytic_work(
     op: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
     with pytest.raises(SystemExit) as done:
-        _harness.main(_harness.load(op), ["--help"])
+        _cli.main(_harness.load(op), ["--help"])
     assert done.value.code == 0
     out = capsys.readouterr().out
     assert f"bench_{op}.py" in out and "forward" in out and "--sizes" in out
@@ -90,24 +103,24 @@ def test_draw_is_seeded_random_and_never_zero() -> None:
 
 
 def test_quantiles_interpolate_between_samples() -> None:
-    assert _harness.quantiles([5.0, 1.0, 3.0, 2.0, 4.0, 6.0]) == pytest.approx((3.5, 2.0, 5.0))
-    assert _harness.quantiles([7.0]) == (7.0, 7.0, 7.0)
+    assert _timing.quantiles([5.0, 1.0, 3.0, 2.0, 4.0, 6.0]) == pytest.approx((3.5, 2.0, 5.0))
+    assert _timing.quantiles([7.0]) == (7.0, 7.0, 7.0)
 
 
 def test_cpu_timing_of_a_known_duration() -> None:
-    samples = _harness.time_samples_ms(lambda: time.sleep(0.002), CPU, 0.02)
-    median = _harness.quantiles(samples)[0]
+    samples = _timing.time_samples_ms(lambda: time.sleep(0.002), CPU, 0.02)
+    median = _timing.quantiles(samples)[0]
     assert len(samples) >= 2 and 2.0 <= median < 100.0
 
 
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc")
 def test_cpu_peak_memory_of_a_known_allocation() -> None:
-    total, above = _harness.peak_memory_mb(lambda: torch.ones(16 * 2**20), CPU)  # 64 MB
+    total, above = _memory.peak_memory_mb(lambda: torch.ones(16 * 2**20), CPU)  # 64 MB
     assert 60 <= above <= 80 and total > above
 
 
 def test_measure_runs_every_mode_of_a_case() -> None:
-    outcome = _harness.measure(tiny_case(), 0.01)
+    outcome = _measure.measure(tiny_case(), 0.01)
     assert outcome.shapes == "x[8,4]"
     assert [r.mode for r in outcome.results] == list(_harness.MODES)
     for result in outcome.results:
@@ -125,14 +138,14 @@ def fake_cpp_kernel(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_every_accepted_backend_becomes_a_provider(fake_cpp_kernel: None) -> None:
     bench, notes = _harness.load("angular_distance"), Notes()
     plan = Plan(CPU, compile=True)
-    names = _harness.providers(bench, bench.variants[0], "float32", plan, notes)
+    names = _plan.providers(bench, bench.variants[0], "float32", plan, notes)
     assert names[:3] == ["reference", "reference+compile", "cpp"]
     assert "cuda" not in names and any(r.startswith("cuda not run") for r in notes.ops)
-    assert [r.status for r in _harness.measure(tiny_case("cpp"), 0.01).results] == ["ok"] * 3
+    assert [r.status for r in _measure.measure(tiny_case("cpp"), 0.01).results] == ["ok"] * 3
 
 
 def test_a_refused_backend_is_recorded_not_raised() -> None:
-    (result,) = _harness.measure(tiny_case("cuda"), 0.01).results  # CPU tensors: always refused
+    (result,) = _measure.measure(tiny_case("cuda"), 0.01).results  # CPU tensors: always refused
     assert result.status == "refused" and "cuda" in result.note
 
 
@@ -140,7 +153,7 @@ def test_a_missing_peer_is_skipped_with_a_note() -> None:
     bench, notes = _harness.load("angular_distance"), Notes()
     peer = Peer("ghost-peer", "no_such_package_for_amc_kernels", lambda inputs: lambda: None)
     variant = Variant("self", bench.variants[0].inputs, (peer,))
-    names = _harness.providers(bench, variant, "float32", Plan(CPU), notes)
+    names = _plan.providers(bench, variant, "float32", Plan(CPU), notes)
     assert "ghost-peer" not in names
     assert any("pip install no_such_package_for_amc_kernels" in r for r in notes.ops)
 
@@ -150,22 +163,22 @@ def test_a_forward_only_peer_skips_the_backward_modes() -> None:
     case = Case(
         "gradcam", "mean-224", 2, 8, "float32", "cpu", "captum-LayerGradCam", _harness.MODES
     )
-    statuses = [r.status for r in _harness.measure(case, 0.01).results]
+    statuses = [r.status for r in _measure.measure(case, 0.01).results]
     assert statuses == ["ok", "skipped", "skipped"]
 
 
 def test_a_case_past_its_timeout_is_killed_and_recorded() -> None:
-    (result,) = _harness.ForkedCases([], case_timeout=0.001)(tiny_case(), 0.01).results
+    (result,) = _isolation.ForkedCases([], case_timeout=0.001)(tiny_case(), 0.01).results
     assert result.status == "timeout"
 
 
 def test_sizes_grow_until_a_provider_gets_too_slow() -> None:
-    ok = _harness.ModeResult("forward", "ok", median_ms=5.0)
-    slow = _harness.ModeResult("forward", "ok", median_ms=50.0)
-    assert _harness._stop_reason([ok], 10.0) == ""
-    assert "--max-ms" in _harness._stop_reason([ok, slow], 10.0)
-    oom = _harness.ModeResult("forward", "oom", note="CUDA out of memory")
-    assert _harness._stop_reason([oom], 10.0) == "oom (CUDA out of memory)"
+    ok = ModeResult("forward", "ok", median_ms=5.0)
+    slow = ModeResult("forward", "ok", median_ms=50.0)
+    assert _plan._stop_reason([ok], 10.0) == ""
+    assert "--max-ms" in _plan._stop_reason([ok, slow], 10.0)
+    oom = ModeResult("forward", "oom", note="CUDA out of memory")
+    assert _plan._stop_reason([oom], 10.0) == "oom (CUDA out of memory)"
 
 
 # --- peers compute what the reference computes ---
@@ -198,15 +211,15 @@ def test_captum_peer_matches_the_reference() -> None:
 def _rows() -> list[dict[str, object]]:
     """A run's rows with made-up measurements: 2 sizes x 2 providers x 3 modes."""
     info = _results.provenance(CPU)
-    roofline = _harness.Roofline({"float32": 0.1}, 10.0)
+    roofline = _roofline.Roofline({"float32": 0.1}, 10.0)
     bench = _harness.load("angular_distance")
     rows = []
     for n in (8, 16):
         for provider, ms in (("reference", 2.0 * n), ("cpp", 0.5 * n)):
             case = Case("angular_distance", "self", n, 4, "float32", "cpu", provider, ())
             for mode in _harness.MODES:
-                result = _harness.ModeResult(mode, "ok", ms, 0.9 * ms, 1.1 * ms, 5, 500.0, n / 8)
-                rows.append(_harness._row(bench, case, f"x[{n},4]", result, info, roofline))
+                result = ModeResult(mode, "ok", ms, 0.9 * ms, 1.1 * ms, 5, 500.0, n / 8)
+                rows.append(_plan._row(bench, case, f"x[{n},4]", result, info, roofline))
     return rows
 
 

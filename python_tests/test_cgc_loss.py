@@ -1100,7 +1100,12 @@ def test_triton_cgc_opcheck(triton_device: torch.device) -> None:
     torch.library.opcheck(ops.cgc_loss_fwd, args, test_utils=utils)
     grad = torch.ones((), dtype=torch.float64, device=triton_device)
     bwd_args = (grad, orig.detach(), aug.detach(), crops, flips, 0.5, 12)
-    torch.library.opcheck(ops.cgc_loss_bwd, bwd_args, test_utils=utils)
+    full = ops.cgc_loss_bwd(*bwd_args, [True, True])
+    for mask in ([True, True], [True, False], [False, True]):
+        torch.library.opcheck(ops.cgc_loss_bwd, (*bwd_args, mask), test_utils=utils)
+        got = ops.cgc_loss_bwd(*bwd_args, mask)
+        for wanted, x, f in zip(mask, got, full, strict=True):
+            assert torch.equal(x, f) if wanted else x.shape == (0,)
 
 
 @pytest.mark.triton

@@ -682,7 +682,12 @@ def test_triton_cam_opcheck(triton_device: torch.device) -> None:
     a, w, t = triton_cam_inputs((3, 4, 2, 3, 2), triton_device, torch.float64, seed=9)
     opcheck(ops.class_activation_map_fwd, (a.requires_grad_(), w, t), test_utils=utils)
     grad = torch.randn(3, 2, 3, dtype=torch.float64, device=triton_device)
-    opcheck(ops.class_activation_map_bwd, (grad, a.detach(), w, t), test_utils=utils)
+    full = ops.class_activation_map_bwd(grad, a.detach(), w, t, [True, True])
+    for mask in ([True, True], [True, False], [False, True]):
+        opcheck(ops.class_activation_map_bwd, (grad, a.detach(), w, t, mask), test_utils=utils)
+        got = ops.class_activation_map_bwd(grad, a.detach(), w, t, mask)
+        for wanted, x, f in zip(mask, got, full, strict=True):
+            assert torch.equal(x, f) if wanted else x.shape == (0,)
 
 
 @pytest.mark.triton

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -10,6 +12,7 @@ import torch
 import amc_kernels
 from amc_kernels import _dispatch
 from amc_kernels._dispatch import BackendUnavailableError, Call
+from amc_kernels._spec import OPS
 
 TOY = "toy_op"
 
@@ -102,7 +105,7 @@ def test_explicit_request_that_cannot_be_met_lists_every_candidate(toy_registry:
     assert "cpp: float16 is not supported" in message
     assert "reference: usable" in message
     assert "triton: usable" in message
-    assert "cuda: no cuda kernel for this op in this build" in message
+    assert "cuda: no cuda implementation of toy_op" in message
 
 
 def test_environment_request_that_cannot_be_met_names_the_variable(
@@ -113,12 +116,11 @@ def test_environment_request_that_cannot_be_met_names_the_variable(
         chosen()
 
 
-def test_unavailable_backend_reason_is_reported(
-    toy_registry: None, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setattr(_dispatch, "_UNAVAILABLE", {"cuda": "amc_kernels._C is not built"})
-    with pytest.raises(BackendUnavailableError, match=r"cuda: amc_kernels\._C is not built"):
-        chosen("cuda")
+def test_unavailable_backend_reason_is_reported(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(_dispatch, "_REGISTRY", {})
+    monkeypatch.setattr(amc_kernels._extension, "load_error", lambda: "amc_kernels._C is not built")
+    with pytest.raises(BackendUnavailableError, match=r"cpp: amc_kernels\._C is not built"):
+        amc_kernels.angular_distance(torch.randn(4, 3), backend="cpp")
 
 
 def test_triton_on_cpu_tensors_needs_the_interpreter(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -190,5 +192,25 @@ def test_choice_reads_only_metadata(toy_registry: None) -> None:
 
 
 def test_public_ops_are_registered_for_the_reference() -> None:
-    for op in amc_kernels.functional.__all__:
+    for op in OPS:
         assert not _dispatch.refusals("reference", Call(op, torch.device("cpu"), torch.float32, ()))
+
+
+def test_the_table_names_a_module_for_every_op_and_backend() -> None:
+    assert tuple(_dispatch.IMPLEMENTATIONS) == OPS
+    for op, modules in _dispatch.IMPLEMENTATIONS.items():
+        assert tuple(modules) == _dispatch.BACKENDS
+        assert all(module.rsplit(".", 1)[1] == op for module in modules.values())
+        assert callable(getattr(amc_kernels.functional, op))
+
+
+def test_backends_are_imported_on_first_use() -> None:
+    code = (
+        "import sys, torch, amc_kernels; "
+        "assert 'amc_kernels.cpp_ops.supcon_loss' not in sys.modules; "
+        "assert not any(m.startswith('amc_kernels.triton_kernels') for m in sys.modules); "
+        "amc_kernels.supcon_loss(torch.randn(4, 2, 3)); "
+        "print('amc_kernels.cpp_ops.supcon_loss' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == str(amc_kernels._extension.available())

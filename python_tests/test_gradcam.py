@@ -957,9 +957,27 @@ def test_triton_gradcam_opcheck(triton_device: torch.device) -> None:
     for weighting, relu, normalize, size in TRITON_OPTIONS.values():
         options = (weighting, relu, normalize or "none", list(size or ()))
         opcheck(ops.gradcam_fwd, (a.requires_grad_(), g, *options), test_utils=utils)
-        maps, raw, alpha, y = ops.gradcam_fwd(a.detach(), g, *options)
+        maps, raw, alpha = ops.gradcam_fwd(a.detach(), g, *options)
         grad = torch.randn_like(maps)
-        opcheck(ops.gradcam_bwd, (grad, a.detach(), g, raw, alpha, y, *options), test_utils=utils)
+        for mask in ([True, True], [True, False], [False, True]):
+            bwd_args = (grad, a.detach(), g, raw, alpha, *options, mask)
+            opcheck(ops.gradcam_bwd, bwd_args, test_utils=utils)
+
+
+@pytest.mark.triton
+def test_triton_gradcam_backward_honours_output_mask(triton_device: torch.device) -> None:
+    from amc_kernels.triton_kernels import gradcam as ops
+
+    a, g = (x.to(triton_device) for x in cpp_gradcam_inputs((2, 3, 4, 5), seed=5))
+    for weighting, relu, normalize, size in TRITON_OPTIONS.values():
+        options = (weighting, relu, normalize or "none", list(size or ()))
+        maps, raw, alpha = ops.gradcam_fwd(a, g, *options)
+        grad = torch.randn_like(maps)
+        full = ops.gradcam_bwd(grad, a, g, raw, alpha, *options, [True, True])
+        for mask in ([True, False], [False, True]):
+            got = ops.gradcam_bwd(grad, a, g, raw, alpha, *options, mask)
+            for wanted, x, f in zip(mask, got, full, strict=True):
+                assert torch.equal(x, f) if wanted else x.shape == (0,)
 
 
 @pytest.mark.triton

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 import amc_kernels
-from amc_kernels import reference
+from amc_kernels import functional
 from amc_kernels.nn import AMCLoss, CGCLoss, GradCAM, SupConLoss
 
 
@@ -22,6 +22,10 @@ class TinyNet(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(self.features(self.stem(x)).mean(dim=(2, 3)))
+
+
+def reference(op, *args, **kwargs) -> torch.Tensor:
+    return op(*args, backend="reference", **kwargs)
 
 
 @pytest.fixture
@@ -44,11 +48,19 @@ def test_loss_modules_match_the_functions() -> None:
     supcon = SupConLoss(temperature=0.2, contrast_mode="one", reduction="none")
     torch.testing.assert_close(
         supcon(x, labels),
-        reference.supcon_loss(x, labels, temperature=0.2, contrast_mode="one", reduction="none"),
+        reference(
+            functional.supcon_loss,
+            x,
+            labels,
+            temperature=0.2,
+            contrast_mode="one",
+            reduction="none",
+        ),
     )
     amc = AMCLoss(margin=0.7, pairs="halves")
     torch.testing.assert_close(
-        amc(x[:, 0], labels), reference.amc_loss(x[:, 0], labels, margin=0.7, pairs="halves")
+        amc(x[:, 0], labels),
+        reference(functional.amc_loss, x[:, 0], labels, margin=0.7, pairs="halves"),
     )
     cams = torch.rand(2, 3, 3, dtype=torch.float64)
     crops = torch.tensor([[0, 0, 10, 10], [1, 2, 5, 7]])
@@ -56,7 +68,7 @@ def test_loss_modules_match_the_functions() -> None:
     cgc = CGCLoss(temperature=0.3, size=10)
     torch.testing.assert_close(
         cgc(cams, cams.flip(-1), crops, flips),
-        reference.cgc_loss(cams, cams.flip(-1), crops, flips, temperature=0.3, size=10),
+        reference(functional.cgc_loss, cams, cams.flip(-1), crops, flips, temperature=0.3, size=10),
     )
 
 
@@ -67,9 +79,17 @@ def test_modules_show_their_settings(net: TinyNet) -> None:
     assert "layer='features', weighting='mean', relu=True" in repr(GradCAM(net, "features"))
 
 
-def test_module_validation_reaches_the_user() -> None:
+def test_module_settings_are_validated_at_construction() -> None:
     with pytest.raises(ValueError, match="amc_loss: margin must be > 0"):
-        AMCLoss(margin=-1.0)(torch.randn(4, 3), torch.zeros(4, dtype=torch.long))
+        AMCLoss(margin=-1.0)
+    with pytest.raises(ValueError, match="amc_loss: pairs must be one of 'all', 'halves'"):
+        AMCLoss(pairs="x")
+    with pytest.raises(ValueError, match="supcon_loss: temperature must be > 0"):
+        SupConLoss(temperature=-1)
+    with pytest.raises(ValueError, match="gradcam: normalize must be one of"):
+        GradCAM(nn.Conv2d(1, 1, 1), "", normalize="l2")
+    with pytest.raises(ValueError, match="backend must be one of"):
+        CGCLoss(backend="gpu")
 
 
 # --- GradCAM ---
@@ -80,7 +100,9 @@ def _manual_gradcam(net: TinyNet, images: torch.Tensor, targets: torch.Tensor) -
     logits = net.fc(activations.mean(dim=(2, 3)))
     score = logits.gather(1, targets[:, None]).sum()
     (gradients,) = torch.autograd.grad(score, activations)
-    return reference.gradcam(activations, gradients, normalize="minmax", output_size=(8, 8))
+    return reference(
+        functional.gradcam, activations, gradients, normalize="minmax", output_size=(8, 8)
+    )
 
 
 def test_gradcam_explains_the_predicted_classes(net: TinyNet, images: torch.Tensor) -> None:

@@ -1041,10 +1041,48 @@ def test_triton_opcheck(triton_device: torch.device) -> None:
     for lab, neg in ((labels, negatives), (None, None)):
         args = (x, lab, neg, 0.1, 0.07, "all", True, "mean")
         torch.library.opcheck(ops.supcon_loss_fwd, args, test_utils=utils)
-        loss, stats = ops.supcon_loss_fwd(*args)
+        loss, lse = ops.supcon_loss_fwd(*args)
+        assert lse.shape == (10,) and lse.dtype == loss.dtype
         detached = None if neg is None else neg.detach()
-        bwd_args = (torch.ones_like(loss), x.detach(), lab, detached, stats, *args[3:])
-        torch.library.opcheck(ops.supcon_loss_bwd, bwd_args, test_utils=utils)
+        bwd_args = (torch.ones_like(loss), x.detach(), lab, detached, lse, *args[3:])
+        for mask in ([True, True], [True, False], [False, True]):
+            torch.library.opcheck(ops.supcon_loss_bwd, (*bwd_args, mask), test_utils=utils)
+
+
+@pytest.mark.triton
+def test_triton_saves_the_natural_log_sum_exp(triton_device: torch.device) -> None:
+    from amc_kernels.triton_kernels import supcon_loss as ops
+
+    x = rand(5, 2, 4, seed=3, dtype=torch.float64).to(triton_device)
+    negatives = rand(3, 4, seed=4, dtype=torch.float64).to(triton_device)
+    _, lse = ops.supcon_loss_fwd(x, None, negatives, 0.5, 0.07, "all", True, "none")
+    z = torch.nn.functional.normalize(torch.cat([x.transpose(0, 1).reshape(10, 4), negatives]))
+    logits = (z[:10] @ z.T / 0.5).fill_diagonal_(float("-inf"))
+    torch.testing.assert_close(lse, torch.logsumexp(logits, dim=1), rtol=1e-13, atol=0)
+    _, alone = ops.supcon_loss_fwd(x[:1, :1], None, None, 0.5, 0.07, "all", True, "none")
+    assert alone.tolist() == [float("-inf")]  # an anchor that is the only row
+
+
+@pytest.mark.triton
+def test_triton_backward_honours_output_mask(triton_device: torch.device) -> None:
+    from amc_kernels.triton_kernels import supcon_loss as ops
+
+    x = rand(6, 2, 4, seed=5, dtype=torch.float64).to(triton_device)
+    negatives = rand(3, 4, seed=6, dtype=torch.float64).to(triton_device)
+    labels = longs([0, 1, 0, 2, 1, 1]).to(triton_device)
+    cases = ((labels, negatives, "all"), (None, negatives, "one"), (labels, None, "all"))
+    for lab, neg, mode in cases:
+        args = (0.1, 0.07, mode, True, "none")
+        loss, lse = ops.supcon_loss_fwd(x, lab, neg, *args)
+        grad = rand(loss.shape[0], seed=7, dtype=torch.float64).to(triton_device)
+        full = ops.supcon_loss_bwd(grad, x, lab, neg, lse, *args, [True, True])
+        for mask in ([True, False], [False, True]):
+            got = ops.supcon_loss_bwd(grad, x, lab, neg, lse, *args, mask)
+            for wanted, g, f in zip(mask, got, full, strict=True):
+                if wanted and f.numel():
+                    assert torch.equal(g, f)
+                else:
+                    assert g.shape == (0,)
 
 
 @pytest.mark.triton

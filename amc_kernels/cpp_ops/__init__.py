@@ -1,23 +1,6 @@
-"""Fake (meta) kernels and autograd for the ops of amc_kernels._C, one module per op."""
+"""The compiled ops of amc_kernels._C as the cpp (CPU tensors) and cuda (CUDA tensors) backends.
 
-from . import (
-    amc_loss,
-    angular_distance,
-    cgc_loss,
-    class_activation_map,
-    gradcam,
-    saliency_mask,
-    selfcheck,
-    supcon_loss,
-)
-
-__all__ = [
-    "amc_loss",
-    "angular_distance",
-    "cgc_loss",
-    "class_activation_map",
-    "gradcam",
-    "saliency_mask",
-    "selfcheck",
-    "supcon_loss",
-]
+One module per op: the fake (meta) kernels of torch.ops.amc_kernels.<op>_fwd/_bwd and their
+registration through :mod:`amc_kernels._register`. The dispatcher imports a module on first use
+(amc_kernels._dispatch.IMPLEMENTATIONS); selfcheck is the build's self-check op.
+"""

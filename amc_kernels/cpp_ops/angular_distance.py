@@ -1,15 +1,12 @@
-"""torch.ops.amc_kernels.angular_distance_{fwd,bwd}: fake kernels, autograd, cpp/cuda backends."""
+"""torch.ops.amc_kernels.angular_distance_{fwd,bwd}: fake kernels and registration."""
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 
 from .._clamp_convention import CLAMP_GRAD_AT_BOUNDS
-from ._common import forbid_double_backward, register_compiled
-
-OP = "angular_distance"
+from .._register import forward_function, register_autograd
+from .._spec import ANGULAR_DISTANCE
 
 
 @torch.library.register_fake("amc_kernels::angular_distance_fwd")
@@ -20,32 +17,22 @@ def _(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
 
 @torch.library.register_fake("amc_kernels::angular_distance_bwd")
 def _(
-    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None, clamp_grad_at_bounds: bool
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    clamp_grad_at_bounds: bool,
+    output_mask: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    grad_y = x.new_empty((0,)) if y is None else y.new_empty(y.shape)
-    return x.new_empty(x.shape), grad_y
+    grad_x = x.new_empty(x.shape if output_mask[0] else (0,))
+    grad_y = x.new_empty((0,)) if y is None or not output_mask[1] else y.new_empty(y.shape)
+    return grad_x, grad_y
 
 
-def _setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-    x, y = inputs
-    ctx.save_for_backward(x, y)
-
-
-def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    x, y = ctx.saved_tensors
-    grad_x, grad_y = torch.ops.amc_kernels.angular_distance_bwd(grad, x, y, CLAMP_GRAD_AT_BOUNDS)
-    return grad_x, (None if y is None else grad_y)
-
-
-torch.library.register_autograd(
-    "amc_kernels::angular_distance_fwd", _backward, setup_context=_setup_context
+register_autograd(
+    ANGULAR_DISTANCE,
+    "angular_distance_fwd",
+    "angular_distance_bwd",
+    "cpp/cuda",
+    extras=(CLAMP_GRAD_AT_BOUNDS,),
 )
-forbid_double_backward(OP)
-
-
-def angular_distance(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    """The reference's signature on the compiled kernels (inputs validated by the caller)."""
-    return torch.ops.amc_kernels.angular_distance_fwd(x, y)
-
-
-register_compiled(OP, angular_distance)
+angular_distance = forward_function(ANGULAR_DISTANCE, "angular_distance_fwd")

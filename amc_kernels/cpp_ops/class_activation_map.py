@@ -1,21 +1,11 @@
-"""torch.ops.amc_kernels.class_activation_map_fwd/_bwd: fake kernels, autograd and backends."""
+"""torch.ops.amc_kernels.class_activation_map_{fwd,bwd}: fake kernels and registration."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from ._common import forbid_double_backward, register_compiled
-
-OP = "class_activation_map"
-
-
-def class_activation_map(
-    activations: torch.Tensor, fc_weight: torch.Tensor, targets: torch.Tensor
-) -> torch.Tensor:
-    """The reference's signature on the compiled kernel."""
-    return torch.ops.amc_kernels.class_activation_map_fwd(activations, fc_weight, targets)
+from .._register import forward_function, register_autograd
+from .._spec import CLASS_ACTIVATION_MAP
 
 
 @torch.library.register_fake("amc_kernels::class_activation_map_fwd")
@@ -30,22 +20,15 @@ def _(
     activations: torch.Tensor,
     fc_weight: torch.Tensor,
     targets: torch.Tensor,
+    output_mask: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    return activations.new_empty(activations.shape), fc_weight.new_empty(fc_weight.shape)
-
-
-def _setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-    ctx.save_for_backward(*inputs)
-
-
-def _backward(ctx: Any, grad: torch.Tensor) -> tuple:
-    activations, fc_weight, targets = ctx.saved_tensors
-    grad_activations, grad_weight = torch.ops.amc_kernels.class_activation_map_bwd(
-        grad, activations, fc_weight, targets
+    return (
+        activations.new_empty(activations.shape if output_mask[0] else (0,)),
+        fc_weight.new_empty(fc_weight.shape if output_mask[1] else (0,)),
     )
-    return grad_activations, grad_weight, None
 
 
-torch.library.register_autograd(f"amc_kernels::{OP}_fwd", _backward, setup_context=_setup_context)
-forbid_double_backward(OP)
-register_compiled(OP, class_activation_map)
+register_autograd(
+    CLASS_ACTIVATION_MAP, "class_activation_map_fwd", "class_activation_map_bwd", "cpp/cuda"
+)
+class_activation_map = forward_function(CLASS_ACTIVATION_MAP, "class_activation_map_fwd")

@@ -1,28 +1,11 @@
-"""torch.ops.amc_kernels.saliency_mask_fwd: fake kernel and the cpp/cuda backends (no gradient)."""
+"""torch.ops.amc_kernels.saliency_mask_fwd: fake kernel (the op has no gradient)."""
 
 from __future__ import annotations
 
 import torch
 
-from ._common import register_compiled
-
-OP = "saliency_mask"
-
-
-@torch.no_grad()
-def saliency_mask(
-    images: torch.Tensor,
-    saliency: torch.Tensor,
-    *,
-    threshold: float = 0.5,
-    top_fraction: float | None = None,
-    fill: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference's signature on the compiled kernel (top_fraction None is −1)."""
-    fraction = -1.0 if top_fraction is None else float(top_fraction)
-    return torch.ops.amc_kernels.saliency_mask_fwd(
-        images, saliency, float(threshold), fraction, float(fill)
-    )
+from .._register import forward_function
+from .._spec import SALIENCY_MASK
 
 
 @torch.library.register_fake("amc_kernels::saliency_mask_fwd")
@@ -38,4 +21,4 @@ def _(
     return images.new_empty(images.shape), keep
 
 
-register_compiled(OP, saliency_mask)
+saliency_mask = torch.no_grad()(forward_function(SALIENCY_MASK, "saliency_mask_fwd"))

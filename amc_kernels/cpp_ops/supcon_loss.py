@@ -1,18 +1,11 @@
-"""torch.ops.amc_kernels.supcon_loss_{fwd,bwd}: fake kernels, autograd, cpp/cuda backends."""
+"""torch.ops.amc_kernels.supcon_loss_{fwd,bwd}: fake kernels and registration."""
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 
-from ._common import forbid_double_backward, register_compiled
-
-OP = "supcon_loss"
-
-
-def _loss_dtype(features: torch.Tensor) -> torch.dtype:
-    return torch.float64 if features.dtype == torch.float64 else torch.float32
+from .._register import forward_function, register_autograd
+from .._spec import SUPCON_LOSS, compute_dtype
 
 
 @torch.library.register_fake("amc_kernels::supcon_loss_fwd")
@@ -28,7 +21,7 @@ def _(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     samples, views = features.shape[0], features.shape[1]
     anchors = samples * views if contrast_mode == "all" else samples
-    dtype = _loss_dtype(features)
+    dtype = compute_dtype(features.dtype)
     loss_shape = (anchors,) if reduction == "none" else ()
     return features.new_empty(loss_shape, dtype=dtype), features.new_empty((anchors,), dtype=dtype)
 
@@ -45,60 +38,13 @@ def _(
     contrast_mode: str,
     normalize: bool,
     reduction: str,
+    output_mask: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    grad_negatives = (
-        features.new_empty((0,)) if negatives is None else negatives.new_empty(negatives.shape)
-    )
-    return features.new_empty(features.shape), grad_negatives
+    grad_features = features.new_empty(features.shape if output_mask[0] else (0,))
+    if negatives is None or not output_mask[1]:
+        return grad_features, features.new_empty((0,))
+    return grad_features, negatives.new_empty(negatives.shape)
 
 
-def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-    features, labels, negatives, *options = inputs
-    ctx.options = options  # temperature, base_temperature, contrast_mode, normalize, reduction
-    lse = output[1]
-    ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(features, labels, negatives, lse)
-
-
-def _backward(ctx: Any, grad: torch.Tensor, _grad_lse: torch.Tensor | None) -> tuple:
-    features, labels, negatives, lse = ctx.saved_tensors
-    grad_features, grad_negatives = torch.ops.amc_kernels.supcon_loss_bwd(
-        grad, features, labels, negatives, lse, *ctx.options
-    )
-    return (grad_features, None, None if negatives is None else grad_negatives, *[None] * 5)
-
-
-torch.library.register_autograd(
-    "amc_kernels::supcon_loss_fwd", _backward, setup_context=_setup_context
-)
-forbid_double_backward(OP)
-
-
-def supcon_loss(
-    features: torch.Tensor,
-    labels: torch.Tensor | None = None,
-    *,
-    temperature: float = 0.1,
-    base_temperature: float = 0.07,
-    contrast_mode: str = "all",
-    negatives: torch.Tensor | None = None,
-    normalize: bool = True,
-    reduction: str = "mean",
-) -> torch.Tensor:
-    """The reference's signature on the compiled kernels (inputs validated by the caller)."""
-    if features.dim() == 2:
-        features = features.unsqueeze(1)  # [N, D] is one view
-    loss, _ = torch.ops.amc_kernels.supcon_loss_fwd(
-        features,
-        labels,
-        negatives,
-        float(temperature),
-        float(base_temperature),
-        contrast_mode,
-        bool(normalize),
-        reduction,
-    )
-    return loss
-
-
-register_compiled(OP, supcon_loss)
+register_autograd(SUPCON_LOSS, "supcon_loss_fwd", "supcon_loss_bwd", "cpp/cuda")
+supcon_loss = forward_function(SUPCON_LOSS, "supcon_loss_fwd")

@@ -14,6 +14,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from .._spec import AMC_LOSS, CGC_LOSS, SALIENCY_MASK, SUPCON_LOSS
+
 LOSSES = ("ce", "amc", "supcon", "excon", "cgc")
 DATASETS = ("shapes", "digits", "cifar10", "cifar100", "imagefolder")
 MODELS = ("small-cnn", "resnet18", "resnet50")
@@ -99,15 +101,15 @@ class TrainConfig:
     amc_rampup: float | None = None
     amc_labels: str = "pred"
     amc_pairs: str = "halves"
-    amc_margin: float = 0.5
-    temperature: float = 0.1
-    base_temperature: float = 0.07
+    amc_margin: float = AMC_LOSS.defaults.margin
+    temperature: float = SUPCON_LOSS.defaults.temperature
+    base_temperature: float = SUPCON_LOSS.defaults.base_temperature
     linear_epochs: int | None = None
     excon_start: int | None = None
-    excon_threshold: float = 0.5
+    excon_threshold: float = SALIENCY_MASK.defaults.threshold
     excon_negatives: bool = True
     cgc_weight: float = 0.5
-    cgc_temperature: float = 0.5
+    cgc_temperature: float = CGC_LOSS.defaults.temperature
     cgc_cam: str = "cam"
     cgc_scale: tuple[float, float] = (0.08, 1.0)
     cgc_flip_bug: bool = False
@@ -243,11 +245,18 @@ def add_arguments(parser: argparse.ArgumentParser, *, compare: bool) -> None:
         default=d.amc_pairs,
         help="(k, k+N/2) pairs (official) or every pair (default: halves)",
     )
-    amc.add_argument("--amc-margin", type=float, default=d.amc_margin, help="radians (0.5)")
+    amc.add_argument(
+        "--amc-margin", type=float, default=d.amc_margin, help=f"radians ({d.amc_margin})"
+    )
     con = parser.add_argument_group("supcon and excon")
-    con.add_argument("--temperature", type=float, default=d.temperature, help="T (0.1)")
     con.add_argument(
-        "--base-temperature", type=float, default=d.base_temperature, help="T_base (0.07)"
+        "--temperature", type=float, default=d.temperature, help=f"T ({d.temperature})"
+    )
+    con.add_argument(
+        "--base-temperature",
+        type=float,
+        default=d.base_temperature,
+        help=f"T_base ({d.base_temperature})",
     )
     con.add_argument(
         "--linear-epochs", type=int, help="supcon: classifier epochs after (default: epochs/4, ≥ 2)"
@@ -259,7 +268,7 @@ def add_arguments(parser: argparse.ArgumentParser, *, compare: bool) -> None:
         "--excon-threshold",
         type=float,
         default=d.excon_threshold,
-        help="keep pixels of min-max saliency above this (0.5)",
+        help=f"keep pixels of min-max saliency above this ({d.excon_threshold})",
     )
     con.add_argument(
         "--excon-negatives",
@@ -270,7 +279,10 @@ def add_arguments(parser: argparse.ArgumentParser, *, compare: bool) -> None:
     cgc = parser.add_argument_group("cgc")
     cgc.add_argument("--cgc-weight", type=float, default=d.cgc_weight, help="λ (README: 0.5)")
     cgc.add_argument(
-        "--cgc-temperature", type=float, default=d.cgc_temperature, help="τ (README: 0.5)"
+        "--cgc-temperature",
+        type=float,
+        default=d.cgc_temperature,
+        help=f"τ (the CGC README: {d.cgc_temperature})",
     )
     cgc.add_argument(
         "--cgc-cam",

@@ -5,15 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-#: The official AMC clip: cosines are clamped to [−1 + δ, 1 − δ] in the compute dtype.
-ARCCOS_DELTA = 1e-7
-#: Norms below this are replaced by it: x̂ = x / max(‖x‖, ε), as F.normalize and tf.l2_normalize.
-NORM_EPS = 1e-12
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """fp64 for fp64 inputs, fp32 for everything else (fp16, bf16, fp32)."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+from .._spec import ARCCOS_DELTA, NORM_EPS, compute_dtype
 
 
 def upcast(x: torch.Tensor) -> torch.Tensor:
@@ -21,7 +13,7 @@ def upcast(x: torch.Tensor) -> torch.Tensor:
 
 
 def normalize_rows(x: torch.Tensor) -> torch.Tensor:
-    """x / max(‖x‖₂, 1e-12) along the last axis."""
+    """x / max(‖x‖₂, NORM_EPS) along the last axis."""
     return F.normalize(x, p=2.0, dim=-1, eps=NORM_EPS)
 
 

@@ -16,9 +16,9 @@ def amc_loss(
     features: torch.Tensor,
     labels: torch.Tensor,
     *,
-    margin: float = 0.5,
-    pairs: str = "all",
-    reduction: str = "mean",
+    margin: float,
+    pairs: str,
+    reduction: str,
 ) -> torch.Tensor:
     """AMC loss over the pairs of a batch.
 

@@ -7,7 +7,7 @@ import torch
 from ._common import clamped_arccos, normalize_rows, upcast
 
 
-def angular_distance(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
+def angular_distance(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
     """θ_ij = arccos(clamp(⟨x̂_i, ŷ_j⟩, −1+δ, 1−δ)), x̂ = x / max(‖x‖, 1e-12), δ = 1e-7.
 
     x: [N, D], y: [M, D] (None means y = x). Returns [N, M] radians in x's dtype; the

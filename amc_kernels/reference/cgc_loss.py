@@ -23,8 +23,8 @@ def cgc_loss(
     crops: torch.Tensor,
     flips: torch.Tensor,
     *,
-    temperature: float = 0.5,
-    size: int = 224,
+    temperature: float,
+    size: int,
 ) -> torch.Tensor:
     """CGC's NCE loss between transformed original maps and augmented-view maps.
 

@@ -5,10 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._spec import MAP_EPS
 from ._common import upcast
-
-#: The constant of every map normalisation (Grad-CAM "max", ExCon "minmax", CGC "sum").
-MAP_EPS = 1e-8
 
 
 def resize_maps(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -36,10 +34,10 @@ def gradcam(
     activations: torch.Tensor,
     gradients: torch.Tensor,
     *,
-    weighting: str = "mean",
-    relu: bool = True,
-    normalize: str | None = None,
-    output_size: tuple[int, int] | None = None,
+    weighting: str,
+    relu: bool,
+    normalize: str | None,
+    output_size: tuple[int, int] | None,
 ) -> torch.Tensor:
     """Grad-CAM maps from activations A and gradients G = ∂score/∂A, both [B, K, H, W].
 

@@ -18,9 +18,9 @@ def saliency_mask(
     images: torch.Tensor,
     saliency: torch.Tensor,
     *,
-    threshold: float = 0.5,
-    top_fraction: float | None = None,
-    fill: float = 0.0,
+    threshold: float,
+    top_fraction: float | None,
+    fill: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Mask the non-salient pixels of images [B, C, H, W] given saliency [B, h, w].
 

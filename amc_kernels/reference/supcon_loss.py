@@ -9,14 +9,14 @@ from ._common import normalize_rows, reduce_loss, upcast
 
 def supcon_loss(
     features: torch.Tensor,
-    labels: torch.Tensor | None = None,
+    labels: torch.Tensor | None,
     *,
-    temperature: float = 0.1,
-    base_temperature: float = 0.07,
-    contrast_mode: str = "all",
-    negatives: torch.Tensor | None = None,
-    normalize: bool = True,
-    reduction: str = "mean",
+    temperature: float,
+    base_temperature: float,
+    contrast_mode: str,
+    negatives: torch.Tensor | None,
+    normalize: bool,
+    reduction: str,
 ) -> torch.Tensor:
     """SupContrast `losses.py` (HEAD) with optional extra negatives.
 

@@ -1,38 +1,96 @@
-"""Shared plumbing of the Triton backend: when it may run, how kernels launch, registration.
+"""Host plumbing shared by the Triton ops: their definition, how kernels launch, small helpers.
 
-On CUDA tensors the kernels launch through ``torch.library.wrap_triton`` inside
-``torch.library.triton_op`` ops, so ``torch.compile(fullgraph=True)`` traces them. On CPU tensors
-they run only under the Triton interpreter (``TRITON_INTERPRET=1``, set before amc_kernels is
-imported) and only when asked for explicitly: the automatic CPU order never lists triton.
+Each op is a pair ``amc_kernels::<op>_triton_fwd`` / ``<op>_triton_bwd`` defined with
+:func:`triton_op`, whose schemas are those of the C++ ``<op>_fwd`` / ``<op>_bwd`` (the argument
+protocol of :mod:`amc_kernels._register`). On CUDA tensors the kernels launch through
+``torch.library.wrap_triton``, so ``torch.compile(fullgraph=True)`` traces them; on CPU
+tensors they run only under the Triton interpreter (the backend's refusals are in
+``amc_kernels._dispatch``).
 """
 
 from __future__ import annotations
 
-import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Any
 
-from .. import _dispatch
-from .._dispatch import Call
+import torch
+
+from .._spec import compute_dtype
 
 
-def interpreter_enabled() -> bool:
-    return os.environ.get("TRITON_INTERPRET", "0").strip() == "1"
+def triton_op(name: str) -> Callable[[Callable[..., Any]], Any]:
+    """Define amc_kernels::<name> with torch.library.triton_op and the C++ ops' schema types.
+
+    The schema is inferred from the annotations, except that an ``int`` option stays ``int``
+    (inference would make it ``SymInt``, where the C++ schemas say ``int``).
+    """
+
+    def define(fn: Callable[..., Any]) -> Any:
+        schema = torch.library.infer_schema(fn, mutates_args=()).replace("SymInt", "int")
+        return torch.library.triton_op(f"amc_kernels::{name}", fn, mutates_args=(), schema=schema)
+
+    return define
 
 
-def device_refusals(call: Call) -> list[str]:
-    """Why the Triton backend cannot run on this call's device (empty when it can)."""
-    if call.device.type == "cuda":
-        return []
-    if call.device.type == "cpu":
-        if interpreter_enabled():
-            return []
-        return ["CPU tensors need the Triton interpreter: set TRITON_INTERPRET=1 before importing"]
-    return [f"needs CUDA tensors, got {call.device.type}"]
+@dataclass(frozen=True)
+class Launch:
+    """One kernel launch as a launcher chose it: kernel, grid, arguments, constexprs/options."""
+
+    kernel: Any
+    grid: tuple[int, ...]
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
 
 
-def register_triton(
-    op: str, fn: Callable[..., Any], refusals: Callable[[Call], list[str]] = _dispatch.accept_all
-) -> None:
-    """Register `fn` (the reference's signature) as the triton implementation of `op`."""
-    _dispatch.register(op, "triton", fn, lambda call: device_refusals(call) + refusals(call))
+_recorded: list[list[Launch]] = []
+
+
+@contextmanager
+def record_launches() -> Iterator[list[Launch]]:
+    """Within the block, launch() appends its Launch to the yielded list instead of launching.
+
+    For ahead-of-time compilation (benchmarks/triton_aot_check.py): the launchers run on meta
+    tensors and expose their GPU configurations without a GPU.
+    """
+    launches: list[Launch] = []
+    _recorded.append(launches)
+    try:
+        yield launches
+    finally:
+        _recorded.pop()
+
+
+def launch(kernel: Any, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
+    """Launch through torch.library.wrap_triton, so torch.compile traces the kernel."""
+    if _recorded:
+        _recorded[-1].append(Launch(kernel, tuple(grid), args, kwargs))
+        return
+    torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
+
+
+def scalar(value: float, like: torch.Tensor) -> torch.Tensor:
+    """`value` as a one-element tensor of `like`'s compute dtype, for a kernel to load: a float
+    argument would reach the kernel rounded to fp32."""
+    return torch.full((1,), value, dtype=compute_dtype(like.dtype), device=like.device)
+
+
+def not_computed(like: torch.Tensor) -> torch.Tensor:
+    """The empty [0] gradient of an input whose output_mask flag is false (or that is absent)."""
+    return like.new_empty((0,))
+
+
+def reduce(per_item: torch.Tensor, reduction: str, count: int) -> torch.Tensor:
+    """The reduction: the vector ("none"), its sum, or the sum over `count` items ("mean")."""
+    if reduction == "none":
+        return per_item
+    total = per_item.sum()
+    return total if reduction == "sum" else total / max(count, 1)
+
+
+def mean_weights(grad: torch.Tensor, count: int, reduction: str) -> torch.Tensor:
+    """∂L/∂item [count] of :func:`reduce` from its upstream gradient (a view, not a copy)."""
+    if reduction == "none":
+        return grad
+    return (grad / (max(count, 1) if reduction == "mean" else 1)).expand(count)

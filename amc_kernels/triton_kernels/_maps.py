@@ -9,7 +9,10 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from ._common import interpreter_enabled
+from .._dispatch import interpreter_enabled
+from .._spec import MAP_EPS
+
+_MAP_EPS = tl.constexpr(MAP_EPS)
 
 
 def map_tiles(k: int, hw: int) -> dict[str, int]:
@@ -37,8 +40,8 @@ def k_split(batch: int, k: int, hw: int, tiles: dict[str, int]) -> tuple[int, in
 
 @triton.jit
 def map_eps(FP64: tl.constexpr):
-    """ε = 1e-8 of the map normalisations, rounded to the compute dtype as torch rounds it."""
-    return tl.full([], 1e-8, tl.float64 if FP64 else tl.float32)
+    """ε = MAP_EPS of the map normalisations, rounded to the compute dtype as torch rounds it."""
+    return tl.full([], _MAP_EPS, tl.float64 if FP64 else tl.float32)
 
 
 @triton.jit
@@ -156,6 +159,8 @@ def weighted_sum_bwd_kernel(
     GATHER: tl.constexpr,
     RELU: tl.constexpr,
     MEAN_G: tl.constexpr,
+    GRAD_A: tl.constexpr,
+    GRAD_W: tl.constexpr,
     FP64: tl.constexpr,
     BLOCK_K: tl.constexpr,
     BLOCK_HW: tl.constexpr,
@@ -165,9 +170,10 @@ def weighted_sum_bwd_kernel(
     # s_bk = Σ_hw dRaw_b ⊙ A_bk; MEAN_G (Grad-CAM, w = α = mean_hw G): dG_bk = s_bk/(H·W), one
     # value per channel (dg: [B, K] contiguous, expanded over H×W by the caller); GATHER (CAM,
     # r = t_b): dW[t_b, k] += s_bk atomically (dw: [C, K] contiguous). dA (and dG when
-    # ELEMENTWISE): [B, K, H·W] contiguous. Grid: (B, cdiv(K, BLOCK_K)): a block of channels of
-    # one map per program, streaming H·W in BLOCK_HW chunks. Accumulation: fp32 (fp64 for fp64
-    # inputs).
+    # ELEMENTWISE): [B, K, H·W] contiguous. GRAD_A: dA is computed; GRAD_W: dG (or dW) is; the
+    # loads only the other one needs (W for dA, A for dG/dW; G for dA when ELEMENTWISE) are not
+    # made. Grid: (B, cdiv(K, BLOCK_K)): a block of channels of one map per program, streaming
+    # H·W in BLOCK_HW chunks. Accumulation: fp32 (fp64 for fp64 inputs).
     dtype = tl.float64 if FP64 else tl.float32
     b = tl.program_id(0).to(tl.int64)
     ks = tl.program_id(1).to(tl.int64) * BLOCK_K + tl.arange(0, BLOCK_K)
@@ -176,7 +182,7 @@ def weighted_sum_bwd_kernel(
     if GATHER:
         row = tl.load(t_ptr + b).to(tl.int64)
     wk = tl.zeros([BLOCK_K], dtype=dtype)
-    if not ELEMENTWISE:
+    if GRAD_A and not ELEMENTWISE:
         wk = tl.load(wt_ptr + row * stride_wr + ks * stride_wk, mask=k_mask, other=0.0).to(dtype)
     s = tl.zeros([BLOCK_K, BLOCK_HW], dtype=dtype)
     for p0 in range(0, HW, BLOCK_HW):
@@ -188,20 +194,24 @@ def weighted_sum_bwd_kernel(
         if RELU:
             raw = tl.load(raw_ptr + b * HW + ps, mask=p_mask, other=0.0)
             d_raw = tl.where(raw > 0.0, d_raw, 0.0)
-        a_off = map_offsets(b, ks, ps, W, stride_ab, stride_ak, stride_ah, stride_aw)
-        a = tl.load(a_ptr + a_off, mask=mask, other=0.0).to(dtype)
         out_off = (b * K + ks)[:, None] * HW + ps[None, :]
-        if ELEMENTWISE:
-            g_off = map_offsets(b, ks, ps, W, stride_gb, stride_gk, stride_gh, stride_gw)
-            g = tl.load(g_ptr + g_off, mask=mask, other=0.0).to(dtype)
-            tl.store(da_ptr + out_off, (g * d_raw[None, :]).to(da_ptr.dtype.element_ty), mask=mask)
-            tl.store(dg_ptr + out_off, (a * d_raw[None, :]).to(dg_ptr.dtype.element_ty), mask=mask)
-        else:
-            da = wk[:, None] * d_raw[None, :]
+        if GRAD_A:
+            if ELEMENTWISE:
+                g_off = map_offsets(b, ks, ps, W, stride_gb, stride_gk, stride_gh, stride_gw)
+                da = tl.load(g_ptr + g_off, mask=mask, other=0.0).to(dtype) * d_raw[None, :]
+            else:
+                da = wk[:, None] * d_raw[None, :]
             tl.store(da_ptr + out_off, da.to(da_ptr.dtype.element_ty), mask=mask)
-            s += a * d_raw[None, :]
-    if MEAN_G:
+        if GRAD_W:
+            a_off = map_offsets(b, ks, ps, W, stride_ab, stride_ak, stride_ah, stride_aw)
+            a = tl.load(a_ptr + a_off, mask=mask, other=0.0).to(dtype)
+            if ELEMENTWISE:
+                dg = a * d_raw[None, :]
+                tl.store(dg_ptr + out_off, dg.to(dg_ptr.dtype.element_ty), mask=mask)
+            else:
+                s += a * d_raw[None, :]
+    if GRAD_W and MEAN_G:
         dg = tl.sum(s, axis=1) / HW
         tl.store(dg_ptr + b * K + ks, dg.to(dg_ptr.dtype.element_ty), mask=k_mask)
-    if GATHER:
+    if GRAD_W and GATHER:
         tl.atomic_add(dw_ptr + row * K + ks, tl.sum(s, axis=1), mask=k_mask)

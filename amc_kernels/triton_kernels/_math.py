@@ -22,18 +22,28 @@ that the constants and the precise operations are chosen at compile time.
 * :func:`amc_pair_loss`, :func:`amc_pair_loss_grad`: ℓ(θ) and dℓ/dθ of the AMC loss.
 * :func:`online_lse_update`: one tile of a streaming log-sum-exp in base 2.
 
-The bounds ±(1 − 1e-7) are rounded to the compute dtype as torch.clamp rounds its Python bound:
-0.99999988079071044921875 (1 − 2⁻²³) in fp32, 0.9999999 in fp64.
+The bounds ±(1 − δ), δ = ARCCOS_DELTA, are rounded to the compute dtype as torch.clamp rounds its
+Python bound: 0.99999988079071044921875 (1 − 2⁻²³) in fp32, 0.9999999 in fp64.
 """
 
 from __future__ import annotations
 
+import struct
+
 import triton
 import triton.language as tl
 
-#: 1 − 1e-7 rounded to fp32 (= 1 − 2⁻²³) and to fp64.
-COS_BOUND_FP32 = tl.constexpr(0.99999988079071044921875)
-COS_BOUND_FP64 = tl.constexpr(0.9999999)
+from .._spec import ARCCOS_DELTA
+
+
+def _to_fp32(value: float) -> float:
+    """`value` rounded to the nearest fp32, as torch.clamp rounds a Python bound."""
+    return struct.unpack("f", struct.pack("f", value))[0]
+
+
+#: 1 − δ rounded to fp32 (= 1 − 2⁻²³ for δ = 1e-7) and to fp64.
+COS_BOUND_FP32 = tl.constexpr(_to_fp32(1.0 - ARCCOS_DELTA))
+COS_BOUND_FP64 = tl.constexpr(1.0 - ARCCOS_DELTA)
 # π/2 and π as a double plus the remainder, so that π/2 − t loses nothing in fp64.
 HALF_PI_HI = tl.constexpr(1.5707963267948966)
 HALF_PI_LO = tl.constexpr(6.123233995736766e-17)

@@ -19,29 +19,22 @@ there the low-precision flavour falls back to fp32 operands, which gives the sam
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
-from .._clamp_convention import CLAMP_GRAD_AT_BOUNDS
-from ._common import interpreter_enabled
+from .._dispatch import interpreter_enabled
+from .._spec import NORM_EPS, compute_dtype
+from ._common import launch
 
 MMA_IEEE = tl.constexpr(0)
 MMA_LOW = tl.constexpr(1)
 MMA_TF32 = tl.constexpr(2)
 MMA_FP64 = tl.constexpr(3)
 
-NORM_EPS = 1e-12
 _NORM_EPS = tl.constexpr(NORM_EPS)
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def mma_kinds(dtype: torch.dtype) -> tuple[int, int]:
@@ -75,7 +68,7 @@ class Tiles:
         }
 
 
-def pairwise_tiles(dtype: torch.dtype, d: int, backward: bool = False) -> Tiles:
+def pairwise_tiles(dtype: torch.dtype, d: int, backward: bool) -> Tiles:
     """Tiles of a kernel that streams [BLOCK_M, BLOCK_N] tiles of a pairwise product over D.
 
     bf16/fp16 (the fast path, sized for H100/H200): the whole feature axis is one chunk up to
@@ -96,54 +89,6 @@ def pairwise_tiles(dtype: torch.dtype, d: int, backward: bool = False) -> Tiles:
     if backward or block_d == 256:
         return Tiles(128, 32, block_d, 8, 2)
     return Tiles(128, 64, block_d, 8, 3)
-
-
-@dataclass(frozen=True)
-class Launch:
-    """One kernel launch as a launcher chose it: kernel, grid, arguments, constexprs/options."""
-
-    kernel: Any
-    grid: tuple[int, ...]
-    args: tuple[Any, ...]
-    kwargs: dict[str, Any]
-
-
-_recorded: list[list[Launch]] = []
-
-
-@contextmanager
-def record_launches() -> Iterator[list[Launch]]:
-    """Within the block, launch() appends its Launch to the yielded list instead of launching.
-
-    For ahead-of-time compilation (benchmarks/triton_aot_check.py): the launchers run on meta
-    tensors and expose their GPU configurations without a GPU.
-    """
-    launches: list[Launch] = []
-    _recorded.append(launches)
-    try:
-        yield launches
-    finally:
-        _recorded.pop()
-
-
-def launch(kernel, grid: tuple[int, ...], *args, **kwargs) -> None:
-    """Launch through torch.library.wrap_triton, so torch.compile traces the kernel."""
-    if _recorded:
-        _recorded[-1].append(Launch(kernel, tuple(grid), args, kwargs))
-        return
-    torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
-
-
-def forbid_double_backward(op: str, bwd_op) -> None:
-    """Differentiating the backward op `bwd_op` of `op` raises a clear error."""
-
-    def backward(ctx, *grads):
-        raise RuntimeError(
-            f"amc_kernels.{op}: double backward is not supported by the triton kernels "
-            f"(amc_kernels::{op}_triton_bwd); use backend='reference' for second derivatives"
-        )
-
-    bwd_op.register_autograd(backward)
 
 
 @triton.jit
@@ -233,6 +178,55 @@ def gram_tile(
 
 
 @triton.jit
+def row_tile(
+    ptr, rows, row_mask, D, stride_n, stride_d, SINGLE: tl.constexpr, BLOCK_D: tl.constexpr
+):
+    """The rows' whole [R, BLOCK_D] tile when SINGLE (kept on chip for every column tile)."""
+    tile = 0
+    if SINGLE:
+        tile = load_rows(ptr, rows, row_mask, 0, D, stride_n, stride_d, BLOCK_D)
+    return tile
+
+
+@triton.jit
+def pair_tile(
+    a_tile, p_ptr, rows, row_mask, row_scale, q_ptr, q_scale_ptr, n0, Q, d0, D,
+    stride_pn, stride_pd, stride_qn, stride_qd,
+    KIND: tl.constexpr, SINGLE: tl.constexpr, LOAD_Q: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+):  # fmt: skip
+    """The tile of the pairs (rows of p) × (columns cols = n0 + [0, BLOCK_N) of q), the step of
+    every pairwise kernel: (cols, col_mask, q_tile, gram, q_scale, scaled).
+
+    gram = ⟨p_r, q_c⟩ [BLOCK_M, BLOCK_N] (gram_tile; a_tile from row_tile), q_scale the column
+    scales q_scale_ptr[cols] and scaled = gram·row_scale_r·q_scale_c (row_scale: [BLOCK_M], in
+    the accumulation dtype). q_tile: q's [BLOCK_N, BLOCK_D] tile at the features d0 when LOAD_Q
+    (a gradient's right operand, or the SINGLE forward's tile, with d0 = 0), else 0.
+    """
+    cols = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
+    col_mask = cols < Q
+    q_tile = 0
+    if LOAD_Q:
+        q_tile = load_rows(q_ptr, cols, col_mask, d0, D, stride_qn, stride_qd, BLOCK_D)
+    gram = gram_tile(
+        tl.zeros([BLOCK_M, BLOCK_N], dtype=row_scale.dtype), a_tile, q_tile, p_ptr, rows,
+        row_mask, q_ptr, cols, col_mask, D, stride_pn, stride_pd, stride_qn, stride_qd,
+        KIND, SINGLE, BLOCK_D,
+    )  # fmt: skip
+    q_scale = tl.load(q_scale_ptr + cols, mask=col_mask, other=0.0)
+    scaled = gram * row_scale[:, None] * q_scale[None, :]
+    return cols, col_mask, q_tile, gram, q_scale, scaled
+
+
+@triton.jit
+def store_rows(out_ptr, acc, rows, row_mask, d0, D, stride_on, stride_od, BLOCK_D: tl.constexpr):
+    """acc [R, BLOCK_D] into the rows `rows` × features d0..d0+BLOCK_D of out [*, D]."""
+    dims = d0 + tl.arange(0, BLOCK_D)
+    out = out_ptr + rows[:, None] * stride_on + dims[None, :] * stride_od
+    tl.store(out, acc, mask=row_mask[:, None] & (dims < D)[None, :])
+
+
+@triton.jit
 def inv_norm_kernel(
     x_ptr,
     out_ptr,
@@ -244,7 +238,7 @@ def inv_norm_kernel(
     BLOCK_M: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    # out_r = 1 / max(‖x_r‖₂, 1e-12).
+    # out_r = 1 / max(‖x_r‖₂, NORM_EPS).
     # Grid: (cdiv(R, BLOCK_M),), one program per block of rows, looping over D in chunks.
     # Accumulation: fp32 (fp64 for fp64 inputs).
     pid = tl.program_id(0).to(tl.int64)
@@ -264,7 +258,7 @@ def inv_norm_kernel(
 
 
 def inv_norms(x: torch.Tensor) -> torch.Tensor:
-    """1 / max(‖x_r‖, 1e-12) for the rows of x [R, D], in the compute dtype."""
+    """1 / max(‖x_r‖, NORM_EPS) for the rows of x [R, D], in the compute dtype."""
     rows, d = x.shape
     out = torch.empty(rows, dtype=compute_dtype(x.dtype), device=x.device)
     if rows:
@@ -286,16 +280,16 @@ def inv_norms(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
-def normalize_backward(x: torch.Tensor, grad_hat: torch.Tensor) -> torch.Tensor:
-    """∂L/∂x from ∂L/∂x̂ for x̂ = x / max(‖x‖, 1e-12) (F.normalize), in the compute dtype.
+def normalize_backward(x: torch.Tensor, grad_hat: torch.Tensor, at_bounds: bool) -> torch.Tensor:
+    """∂L/∂x from ∂L/∂x̂ for x̂ = x / max(‖x‖, NORM_EPS) (F.normalize), in the compute dtype.
 
-    (g − x̂⟨x̂, g⟩) / ‖x‖ above the eps, g / eps below it; at ‖x‖ = eps as the running
-    torch's clamp_min.
+    (g − x̂⟨x̂, g⟩) / ‖x‖ above the eps, g / eps below it; at ‖x‖ = eps as torch's clamp_min
+    with the convention `at_bounds` (amc_kernels._clamp_convention).
     """
     x = x.to(grad_hat.dtype)
     norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
     denom = norm.clamp_min(NORM_EPS)
     x_hat = x / denom
     radial = (x_hat * grad_hat).sum(dim=-1, keepdim=True)
-    above = norm >= NORM_EPS if CLAMP_GRAD_AT_BOUNDS else norm > NORM_EPS
+    above = norm >= NORM_EPS if at_bounds else norm > NORM_EPS
     return (grad_hat - torch.where(above, x_hat * radial, torch.zeros_like(x_hat))) / denom

@@ -13,36 +13,29 @@ Then the F.normalize backward.
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import triton
 import triton.language as tl
 
 from .._clamp_convention import CLAMP_GRAD_AT_BOUNDS
-from ._common import interpreter_enabled, register_triton
-from ._math import (
-    amc_pair_loss,
-    amc_pair_loss_grad,
-    clamped_arccos,
-    clamped_arccos_grad,
-)
+from .._dispatch import interpreter_enabled
+from .._register import forward_function, register_autograd
+from .._spec import AMC_LOSS, compute_dtype
+from ._common import launch, mean_weights, not_computed, reduce, scalar, triton_op
+from ._math import amc_pair_loss, amc_pair_loss_grad, clamped_arccos, clamped_arccos_grad
 from ._tiles import (
-    compute_dtype,
-    forbid_double_backward,
     grad_operand,
-    gram_tile,
     inv_norms,
-    launch,
     load_rows,
     mma,
     mma_kinds,
     normalize_backward,
     operand,
+    pair_tile,
     pairwise_tiles,
+    row_tile,
+    store_rows,
 )
-
-OP = "amc_loss"
 
 
 @triton.jit
@@ -76,38 +69,16 @@ def amc_all_fwd_kernel(
     label_r = tl.load(labels_ptr + rows, mask=row_mask, other=0)
     margin = tl.load(margin_ptr)
     total = tl.zeros([BLOCK_M], dtype=inv_r.dtype)
-    a_tile = 0
-    if SINGLE:
-        a_tile = load_rows(x_ptr, rows, row_mask, 0, D, stride_n, stride_d, BLOCK_D)
+    a_tile = row_tile(x_ptr, rows, row_mask, D, stride_n, stride_d, SINGLE, BLOCK_D)
     start = 0 if FULL_ROWS else pid * BLOCK_M
     for n0 in range(start, N, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
-        col_mask = cols < N
-        b_tile = 0
-        if SINGLE:
-            b_tile = load_rows(x_ptr, cols, col_mask, 0, D, stride_n, stride_d, BLOCK_D)
-        gram = gram_tile(
-            tl.zeros([BLOCK_M, BLOCK_N], dtype=inv_r.dtype),
-            a_tile,
-            b_tile,
-            x_ptr,
-            rows,
-            row_mask,
-            x_ptr,
-            cols,
-            col_mask,
-            D,
-            stride_n,
-            stride_d,
-            stride_n,
-            stride_d,
-            KIND,
-            SINGLE,
-            BLOCK_D,
-        )
-        inv_c = tl.load(inv_ptr + cols, mask=col_mask, other=0.0)
+        cols, col_mask, _, _, _, cosine = pair_tile(
+            a_tile, x_ptr, rows, row_mask, inv_r, x_ptr, inv_ptr, n0, N, 0, D,
+            stride_n, stride_d, stride_n, stride_d,
+            KIND, SINGLE, SINGLE, BLOCK_M, BLOCK_N, BLOCK_D,
+        )  # fmt: skip
         label_c = tl.load(labels_ptr + cols, mask=col_mask, other=0)
-        theta = clamped_arccos(gram * inv_r[:, None] * inv_c[None, :], FP64)
+        theta = clamped_arccos(cosine, FP64)
         loss = amc_pair_loss(theta, label_r[:, None] == label_c[None, :], margin)
         keep = rows[:, None] != cols[None, :] if FULL_ROWS else rows[:, None] < cols[None, :]
         keep = keep & col_mask[None, :]
@@ -143,43 +114,21 @@ def amc_all_bwd_kernel(
     # streaming every column block. Accumulation: fp32 (fp64 for fp64 inputs).
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     d0 = tl.program_id(1).to(tl.int64) * BLOCK_D
-    dims = d0 + tl.arange(0, BLOCK_D)
     row_mask = rows < N
     inv_r = tl.load(inv_ptr + rows, mask=row_mask, other=0.0)
     label_r = tl.load(labels_ptr + rows, mask=row_mask, other=0)
     weight_r = tl.load(weight_ptr + rows, mask=row_mask, other=0.0)
     margin = tl.load(margin_ptr)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=inv_r.dtype)
-    a_tile = 0
-    if SINGLE:
-        a_tile = load_rows(x_ptr, rows, row_mask, 0, D, stride_n, stride_d, BLOCK_D)
+    a_tile = row_tile(x_ptr, rows, row_mask, D, stride_n, stride_d, SINGLE, BLOCK_D)
     for n0 in range(0, N, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
-        col_mask = cols < N
-        b_tile = load_rows(x_ptr, cols, col_mask, d0, D, stride_n, stride_d, BLOCK_D)
-        cosine = gram_tile(
-            tl.zeros([BLOCK_M, BLOCK_N], dtype=inv_r.dtype),
-            a_tile,
-            b_tile,
-            x_ptr,
-            rows,
-            row_mask,
-            x_ptr,
-            cols,
-            col_mask,
-            D,
-            stride_n,
-            stride_d,
-            stride_n,
-            stride_d,
-            KIND,
-            SINGLE,
-            BLOCK_D,
-        )
-        inv_c = tl.load(inv_ptr + cols, mask=col_mask, other=0.0)
+        cols, col_mask, b_tile, _, inv_c, cosine = pair_tile(
+            a_tile, x_ptr, rows, row_mask, inv_r, x_ptr, inv_ptr, n0, N, d0, D,
+            stride_n, stride_d, stride_n, stride_d,
+            KIND, SINGLE, True, BLOCK_M, BLOCK_N, BLOCK_D,
+        )  # fmt: skip
         label_c = tl.load(labels_ptr + cols, mask=col_mask, other=0)
         weight_c = tl.load(weight_ptr + cols, mask=col_mask, other=0.0)
-        cosine = cosine * inv_r[:, None] * inv_c[None, :]
         theta = clamped_arccos(cosine, FP64)
         same = label_r[:, None] == label_c[None, :]
         slope = amc_pair_loss_grad(theta, same, margin) * clamped_arccos_grad(
@@ -188,8 +137,7 @@ def amc_all_bwd_kernel(
         keep = (rows[:, None] != cols[None, :]) & col_mask[None, :]
         g = tl.where(keep, (weight_r[:, None] + weight_c[None, :]) * slope * inv_c[None, :], 0.0)
         acc = mma(acc, grad_operand(g, b_tile, GRAD_KIND), operand(b_tile, GRAD_KIND), GRAD_KIND)
-    out = out_ptr + rows[:, None] * stride_on + dims[None, :] * stride_od
-    tl.store(out, acc, mask=row_mask[:, None] & (dims < D)[None, :])
+    store_rows(out_ptr, acc, rows, row_mask, d0, D, stride_on, stride_od, BLOCK_D)
 
 
 @triton.jit
@@ -300,12 +248,7 @@ def _halves_blocks(d: int, fp64: bool) -> dict[str, int]:
     return {"BLOCK_M": 32, "BLOCK_D": block_d, "num_warps": 4}
 
 
-def _margin(margin: float, like: torch.Tensor) -> torch.Tensor:
-    """The margin as a one-element tensor: a float argument would be rounded to fp32."""
-    return torch.full((1,), margin, dtype=compute_dtype(like.dtype), device=like.device)
-
-
-@torch.library.triton_op("amc_kernels::amc_loss_triton_fwd", mutates_args=())
+@triton_op("amc_loss_triton_fwd")
 def amc_loss_fwd(
     features: torch.Tensor, labels: torch.Tensor, margin: float, pairs: str, reduction: str
 ) -> torch.Tensor:
@@ -320,50 +263,24 @@ def amc_loss_fwd(
         if half:
             blocks = _halves_blocks(d, fp64)
             launch(
-                amc_halves_fwd_kernel,
-                (triton.cdiv(half, blocks["BLOCK_M"]),),
-                x,
-                inv,
-                labels,
-                _margin(margin, x),
-                losses,
-                half,
-                d,
-                x.stride(0),
-                x.stride(1),
-                FP64=fp64,
-                **blocks,
-            )
-        if reduction == "none":
-            return losses
-        return losses.sum() if reduction == "sum" or half == 0 else losses.mean()
-
+                amc_halves_fwd_kernel, (triton.cdiv(half, blocks["BLOCK_M"]),),
+                x, inv, labels, scalar(margin, x), losses, half, d, *x.stride(),
+                FP64=fp64, **blocks,
+            )  # fmt: skip
+        return reduce(losses, reduction, half)
     full_rows = reduction == "none"
     sums = torch.zeros(n, dtype=dtype, device=x.device)
     if n > 1:
-        tiles = pairwise_tiles(x.dtype, d)
+        tiles = pairwise_tiles(x.dtype, d, False)
         kind, _ = mma_kinds(x.dtype)
         launch(
-            amc_all_fwd_kernel,
-            (triton.cdiv(n, tiles.block_m),),
-            x,
-            inv,
-            labels,
-            _margin(margin, x),
-            sums,
-            n,
-            d,
-            x.stride(0),
-            x.stride(1),
-            FULL_ROWS=full_rows,
-            FP64=fp64,
-            KIND=kind,
-            **tiles.kwargs(d),
-        )
+            amc_all_fwd_kernel, (triton.cdiv(n, tiles.block_m),),
+            x, inv, labels, scalar(margin, x), sums, n, d, *x.stride(),
+            FULL_ROWS=full_rows, FP64=fp64, KIND=kind, **tiles.kwargs(d),
+        )  # fmt: skip
     if full_rows:
         return sums / max(n - 1, 1)
-    pair_sum = sums.sum()
-    return pair_sum if reduction == "sum" else pair_sum / max(n * (n - 1) // 2, 1)
+    return reduce(sums, reduction, n * (n - 1) // 2)
 
 
 def _anchor_weights(grad: torch.Tensor, n: int, reduction: str) -> torch.Tensor:
@@ -374,7 +291,7 @@ def _anchor_weights(grad: torch.Tensor, n: int, reduction: str) -> torch.Tensor:
     return (grad / (2 * pairs)).expand(n).contiguous()
 
 
-@torch.library.triton_op("amc_kernels::amc_loss_triton_bwd", mutates_args=())
+@triton_op("amc_loss_triton_bwd")
 def amc_loss_bwd(
     grad: torch.Tensor,
     features: torch.Tensor,
@@ -382,9 +299,13 @@ def amc_loss_bwd(
     margin: float,
     pairs: str,
     reduction: str,
+    clamp_grad_at_bounds: bool,
+    output_mask: list[bool],
 ) -> torch.Tensor:
-    """∂L/∂features in the features' dtype."""
+    """∂L/∂features in the features' dtype (empty when output_mask[0] is false)."""
     x, labels = features, labels.contiguous()
+    if not output_mask[0]:
+        return not_computed(x)
     (n, d), dtype = x.shape, compute_dtype(x.dtype)
     grad = grad.to(dtype)
     grad_hat = torch.zeros((n, d), dtype=dtype, device=x.device)
@@ -392,82 +313,27 @@ def amc_loss_bwd(
     fp64 = x.dtype == torch.float64
     if pairs == "halves" and n // 2 and d:
         half = n // 2
-        if reduction == "none":
-            weight = grad.contiguous()
-        else:
-            weight = (grad / (half if reduction == "mean" else 1)).expand(half).contiguous()
         blocks = _halves_blocks(d, fp64)
         launch(
-            amc_halves_bwd_kernel,
-            (triton.cdiv(half, blocks["BLOCK_M"]),),
-            x,
-            inv,
-            labels,
-            _margin(margin, x),
-            weight,
-            grad_hat,
-            half,
-            d,
-            x.stride(0),
-            x.stride(1),
-            grad_hat.stride(0),
-            grad_hat.stride(1),
-            AT_BOUNDS=CLAMP_GRAD_AT_BOUNDS,
-            FP64=fp64,
-            **blocks,
-        )
+            amc_halves_bwd_kernel, (triton.cdiv(half, blocks["BLOCK_M"]),),
+            x, inv, labels, scalar(margin, x), mean_weights(grad, half, reduction).contiguous(),
+            grad_hat, half, d, *x.stride(), *grad_hat.stride(),
+            AT_BOUNDS=clamp_grad_at_bounds, FP64=fp64, **blocks,
+        )  # fmt: skip
     elif pairs == "all" and n > 1 and d:
-        tiles = pairwise_tiles(x.dtype, d, backward=True)
+        tiles = pairwise_tiles(x.dtype, d, True)
         kind, grad_kind = mma_kinds(x.dtype)
         launch(
-            amc_all_bwd_kernel,
-            (triton.cdiv(n, tiles.block_m), triton.cdiv(d, tiles.block_d)),
-            x,
-            inv,
-            labels,
-            _margin(margin, x),
-            _anchor_weights(grad, n, reduction),
-            grad_hat,
-            n,
-            d,
-            x.stride(0),
-            x.stride(1),
-            grad_hat.stride(0),
-            grad_hat.stride(1),
-            AT_BOUNDS=CLAMP_GRAD_AT_BOUNDS,
-            FP64=fp64,
-            KIND=kind,
-            GRAD_KIND=grad_kind,
+            amc_all_bwd_kernel, (triton.cdiv(n, tiles.block_m), triton.cdiv(d, tiles.block_d)),
+            x, inv, labels, scalar(margin, x), _anchor_weights(grad, n, reduction), grad_hat,
+            n, d, *x.stride(), *grad_hat.stride(),
+            AT_BOUNDS=clamp_grad_at_bounds, FP64=fp64, KIND=kind, GRAD_KIND=grad_kind,
             **tiles.kwargs(d),
-        )
-    return normalize_backward(x, grad_hat).to(x.dtype)
+        )  # fmt: skip
+    return normalize_backward(x, grad_hat, clamp_grad_at_bounds).to(x.dtype)
 
 
-def _setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-    features, labels, ctx.margin, ctx.pairs, ctx.reduction = inputs
-    ctx.save_for_backward(features, labels)
-
-
-def _backward(ctx: Any, grad: torch.Tensor) -> tuple:
-    features, labels = ctx.saved_tensors
-    grad_features = amc_loss_bwd(grad, features, labels, ctx.margin, ctx.pairs, ctx.reduction)
-    return grad_features, None, None, None, None
-
-
-amc_loss_fwd.register_autograd(_backward, setup_context=_setup_context)
-forbid_double_backward(OP, amc_loss_bwd)
-
-
-def amc_loss(
-    features: torch.Tensor,
-    labels: torch.Tensor,
-    *,
-    margin: float = 0.5,
-    pairs: str = "all",
-    reduction: str = "mean",
-) -> torch.Tensor:
-    """The reference's signature on the Triton kernels (inputs validated by the caller)."""
-    return amc_loss_fwd(features, labels, float(margin), pairs, reduction)
-
-
-register_triton(OP, amc_loss)
+register_autograd(
+    AMC_LOSS, "amc_loss_triton_fwd", "amc_loss_triton_bwd", "triton", extras=(CLAMP_GRAD_AT_BOUNDS,)
+)
+amc_loss = forward_function(AMC_LOSS, "amc_loss_triton_fwd")

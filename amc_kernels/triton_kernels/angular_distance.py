@@ -1,43 +1,39 @@
 """Triton angular_distance (DESIGN §2.1): fused normalisation, product, clamp and arccos.
 
-Forward: θ_ij = arccos(clamp(⟨x_i, y_j⟩·ix_i·iy_j, −1+δ, 1−δ)) with ix = 1/max(‖x‖, 1e-12)
+Forward: θ_ij = arccos(clamp(⟨x_i, y_j⟩·ix_i·iy_j, −1+δ, 1−δ)) with ix = 1/max(‖x‖, NORM_EPS)
 computed first by a small kernel, one output tile per program.
 Backward: the cosine tiles are recomputed (never derived from θ), G = grad ⊙ dθ/dc, and
 ∂L/∂x̂ = G·ŷ, ∂L/∂ŷ = Gᵀ·x̂ come from two launches of one kernel with the roles of x and y
-swapped (the transposed grad is a stride swap). With y = None, x̂ is on both sides and one launch
-with G = (grad + gradᵀ) ⊙ dθ/dc gives the sum of both parts. Then the F.normalize backward.
+swapped (the transposed grad is a stride swap); a gradient that output_mask does not request is
+not launched. With y = None, x̂ is on both sides and one launch with G = (grad + gradᵀ) ⊙ dθ/dc
+gives the sum of both parts. Then the F.normalize backward.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
 from .._clamp_convention import CLAMP_GRAD_AT_BOUNDS
-from ._common import register_triton
+from .._register import forward_function, register_autograd
+from .._spec import ANGULAR_DISTANCE, NORM_EPS, compute_dtype
+from ._common import launch, not_computed, triton_op
 from ._math import clamped_arccos, clamped_arccos_grad
 from ._tiles import (
-    compute_dtype,
-    forbid_double_backward,
     grad_operand,
-    gram_tile,
     inv_norms,
-    launch,
-    load_rows,
     mma,
     mma_kinds,
     normalize_backward,
     operand,
+    pair_tile,
     pairwise_tiles,
+    row_tile,
+    store_rows,
 )
 
-OP = "angular_distance"
-
-
-INV_EPS_SQUARED = tl.constexpr(1e24)  # 1 / (1e-12)²
+INV_EPS_SQUARED = tl.constexpr(1.0 / (NORM_EPS * NORM_EPS))
 
 
 @triton.jit
@@ -75,44 +71,21 @@ def angular_fwd_kernel(
     BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr,
 ):
-    # θ_ij = arccos(clamp(⟨x_i, y_j⟩·ix_i·iy_j, −1+δ, 1−δ)), ix = 1/max(‖x‖, 1e-12); when
-    # SYMMETRIC (y = x) the diagonal cosine is its exact value min(1, ‖x_i‖²/1e-24).
+    # θ_ij = arccos(clamp(⟨x_i, y_j⟩·ix_i·iy_j, −1+δ, 1−δ)), ix = 1/max(‖x‖, NORM_EPS); when
+    # SYMMETRIC (y = x) the diagonal cosine is its exact value min(1, ‖x_i‖²/NORM_EPS²).
     # Grid: (cdiv(N, BLOCK_M), cdiv(M, BLOCK_N)): one [BLOCK_M, BLOCK_N] output tile per program,
     # the product over D in BLOCK_D chunks. Accumulation: fp32 (fp64 for fp64 inputs).
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    cols = tl.program_id(1).to(tl.int64) * BLOCK_N + tl.arange(0, BLOCK_N)
     row_mask = rows < N
-    col_mask = cols < M
-    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float64 if FP64 else tl.float32)
-    a_tile = 0
-    b_tile = 0
-    if SINGLE:
-        a_tile = load_rows(x_ptr, rows, row_mask, 0, D, stride_xn, stride_xd, BLOCK_D)
-        b_tile = load_rows(y_ptr, cols, col_mask, 0, D, stride_yn, stride_yd, BLOCK_D)
-    acc = gram_tile(
-        acc,
-        a_tile,
-        b_tile,
-        x_ptr,
-        rows,
-        row_mask,
-        y_ptr,
-        cols,
-        col_mask,
-        D,
-        stride_xn,
-        stride_xd,
-        stride_yn,
-        stride_yd,
-        KIND,
-        SINGLE,
-        BLOCK_D,
-    )
     ix = tl.load(ix_ptr + rows, mask=row_mask, other=0.0)
-    iy = tl.load(iy_ptr + cols, mask=col_mask, other=0.0)
-    cosine = acc * ix[:, None] * iy[None, :]
+    cols, col_mask, _, gram, _, cosine = pair_tile(
+        row_tile(x_ptr, rows, row_mask, D, stride_xn, stride_xd, SINGLE, BLOCK_D),
+        x_ptr, rows, row_mask, ix, y_ptr, iy_ptr, tl.program_id(1).to(tl.int64) * BLOCK_N, M,
+        0, D, stride_xn, stride_xd, stride_yn, stride_yd,
+        KIND, SINGLE, SINGLE, BLOCK_M, BLOCK_N, BLOCK_D,
+    )  # fmt: skip
     if SYMMETRIC:
-        cosine = exact_diagonal(cosine, acc, rows, cols)
+        cosine = exact_diagonal(cosine, gram, rows, cols)
     theta = clamped_arccos(cosine, FP64)
     out = out_ptr + rows[:, None] * stride_on + cols[None, :] * stride_om
     tl.store(out, theta.to(out_ptr.dtype.element_ty), mask=row_mask[:, None] & col_mask[None, :])
@@ -154,42 +127,19 @@ def angular_bwd_kernel(
     # program, streaming q in BLOCK_N rows. Accumulation: fp32 (fp64 for fp64 inputs).
     rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
     d0 = tl.program_id(1).to(tl.int64) * BLOCK_D
-    dims = d0 + tl.arange(0, BLOCK_D)
     row_mask = rows < P
     ip = tl.load(ip_ptr + rows, mask=row_mask, other=0.0)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float64 if FP64 else tl.float32)
-    a_tile = 0
-    if SINGLE:
-        a_tile = load_rows(p_ptr, rows, row_mask, 0, D, stride_pn, stride_pd, BLOCK_D)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=ip.dtype)
+    a_tile = row_tile(p_ptr, rows, row_mask, D, stride_pn, stride_pd, SINGLE, BLOCK_D)
     for n0 in range(0, Q, BLOCK_N):
-        cols = n0 + tl.arange(0, BLOCK_N).to(tl.int64)
-        col_mask = cols < Q
-        mask = row_mask[:, None] & col_mask[None, :]
-        q_tile = load_rows(q_ptr, cols, col_mask, d0, D, stride_qn, stride_qd, BLOCK_D)
-        cosine = gram_tile(
-            tl.zeros([BLOCK_M, BLOCK_N], dtype=acc.dtype),
-            a_tile,
-            q_tile,
-            p_ptr,
-            rows,
-            row_mask,
-            q_ptr,
-            cols,
-            col_mask,
-            D,
-            stride_pn,
-            stride_pd,
-            stride_qn,
-            stride_qd,
-            KIND,
-            SINGLE,
-            BLOCK_D,
-        )
-        iq = tl.load(iq_ptr + cols, mask=col_mask, other=0.0)
+        cols, col_mask, q_tile, gram, iq, cosine = pair_tile(
+            a_tile, p_ptr, rows, row_mask, ip, q_ptr, iq_ptr, n0, Q, d0, D,
+            stride_pn, stride_pd, stride_qn, stride_qd,
+            KIND, SINGLE, True, BLOCK_M, BLOCK_N, BLOCK_D,
+        )  # fmt: skip
         if SYMMETRIC:
-            cosine = exact_diagonal(cosine * ip[:, None] * iq[None, :], cosine, rows, cols)
-        else:
-            cosine = cosine * ip[:, None] * iq[None, :]
+            cosine = exact_diagonal(cosine, gram, rows, cols)
+        mask = row_mask[:, None] & col_mask[None, :]
         g_offsets = rows[:, None] * stride_gp + cols[None, :] * stride_gq
         g = tl.load(g_ptr + g_offsets, mask=mask, other=0.0).to(acc.dtype)
         if SYMMETRIC:
@@ -199,11 +149,10 @@ def angular_bwd_kernel(
         acc = mma(
             acc, grad_operand(weight, q_tile, GRAD_KIND), operand(q_tile, GRAD_KIND), GRAD_KIND
         )
-    out = out_ptr + rows[:, None] * stride_on + dims[None, :] * stride_od
-    tl.store(out, acc, mask=row_mask[:, None] & (dims < D)[None, :])
+    store_rows(out_ptr, acc, rows, row_mask, d0, D, stride_on, stride_od, BLOCK_D)
 
 
-@torch.library.triton_op("amc_kernels::angular_distance_triton_fwd", mutates_args=())
+@triton_op("angular_distance_triton_fwd")
 def angular_distance_fwd(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
     """θ [N, M] in x's dtype (y = None: M = N, y = x)."""
     other = x if y is None else y
@@ -213,34 +162,18 @@ def angular_distance_fwd(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tenso
         return out
     ix = inv_norms(x)
     iy = ix if y is None else inv_norms(other)
-    tiles = pairwise_tiles(x.dtype, d)
+    tiles = pairwise_tiles(x.dtype, d, False)
     kind, _ = mma_kinds(x.dtype)
     launch(
         angular_fwd_kernel,
         (triton.cdiv(n, tiles.block_m), triton.cdiv(m, tiles.block_n)),
-        x,
-        other,
-        ix,
-        iy,
-        out,
-        n,
-        m,
-        d,
-        x.stride(0),
-        x.stride(1),
-        other.stride(0),
-        other.stride(1),
-        out.stride(0),
-        out.stride(1),
-        SYMMETRIC=y is None,
-        FP64=x.dtype == torch.float64,
-        KIND=kind,
-        **tiles.kwargs(d),
-    )
+        x, other, ix, iy, out, n, m, d, *x.stride(), *other.stride(), *out.stride(),
+        SYMMETRIC=y is None, FP64=x.dtype == torch.float64, KIND=kind, **tiles.kwargs(d),
+    )  # fmt: skip
     return out
 
 
-def _grad_hat(
+def _grad_input(
     p: torch.Tensor,
     q: torch.Tensor,
     ip: torch.Tensor,
@@ -248,78 +181,54 @@ def _grad_hat(
     grad: torch.Tensor,
     grad_strides: tuple[int, int],
     symmetric: bool,
+    at_bounds: bool,
 ) -> torch.Tensor:
-    """∂L/∂p̂ [P, D] in the compute dtype, from grad [P, Q] (given by its strides)."""
+    """∂L/∂p [P, D] in p's dtype, from grad [P, Q] (given by its strides)."""
     (rows, d), cols = p.shape, q.shape[0]
-    out = torch.empty((rows, d), dtype=compute_dtype(p.dtype), device=p.device)
-    tiles = pairwise_tiles(p.dtype, d, backward=True)
+    grad_hat = torch.empty((rows, d), dtype=compute_dtype(p.dtype), device=p.device)
+    tiles = pairwise_tiles(p.dtype, d, True)
     kind, grad_kind = mma_kinds(p.dtype)
     launch(
         angular_bwd_kernel,
         (triton.cdiv(rows, tiles.block_m), triton.cdiv(d, tiles.block_d)),
-        p,
-        q,
-        ip,
-        iq,
-        grad,
-        out,
-        rows,
-        cols,
-        d,
-        p.stride(0),
-        p.stride(1),
-        q.stride(0),
-        q.stride(1),
-        grad_strides[0],
-        grad_strides[1],
-        out.stride(0),
-        out.stride(1),
-        SYMMETRIC=symmetric,
-        AT_BOUNDS=CLAMP_GRAD_AT_BOUNDS,
-        FP64=p.dtype == torch.float64,
-        KIND=kind,
-        GRAD_KIND=grad_kind,
-        **tiles.kwargs(d),
-    )
-    return out
+        p, q, ip, iq, grad, grad_hat, rows, cols, d, *p.stride(), *q.stride(), *grad_strides,
+        *grad_hat.stride(),
+        SYMMETRIC=symmetric, AT_BOUNDS=at_bounds, FP64=p.dtype == torch.float64, KIND=kind,
+        GRAD_KIND=grad_kind, **tiles.kwargs(d),
+    )  # fmt: skip
+    return normalize_backward(p, grad_hat, at_bounds).to(p.dtype)
 
 
-@torch.library.triton_op("amc_kernels::angular_distance_triton_bwd", mutates_args=())
+@triton_op("angular_distance_triton_bwd")
 def angular_distance_bwd(
-    grad: torch.Tensor, x: torch.Tensor, y: torch.Tensor | None
+    grad: torch.Tensor,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    clamp_grad_at_bounds: bool,
+    output_mask: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(∂L/∂x, ∂L/∂y) in the inputs' dtype; ∂L/∂y is empty when y is None."""
+    """(∂L/∂x, ∂L/∂y) in the inputs' dtype; each empty when not requested (∂L/∂y: or y None)."""
+    want_x, want_y = output_mask[0], output_mask[1] and y is not None
     other = x if y is None else y
-    grad_y = x.new_empty((0,)) if y is None else torch.zeros_like(y)
+    grad_x = torch.zeros_like(x) if want_x else not_computed(x)
+    grad_y = torch.zeros_like(other) if want_y else not_computed(x)
     if grad.numel() == 0 or x.shape[1] == 0:
-        return torch.zeros_like(x), grad_y
+        return grad_x, grad_y
     ix = inv_norms(x)
     iy = ix if y is None else inv_norms(other)
     strides = (grad.stride(0), grad.stride(1))
-    grad_x = normalize_backward(x, _grad_hat(x, other, ix, iy, grad, strides, y is None))
-    if y is not None:
-        grad_y_hat = _grad_hat(other, x, iy, ix, grad, strides[::-1], False)
-        grad_y = normalize_backward(other, grad_y_hat).to(y.dtype)
-    return grad_x.to(x.dtype), grad_y
+    if want_x:
+        grad_x = _grad_input(x, other, ix, iy, grad, strides, y is None, clamp_grad_at_bounds)
+    if want_y:
+        grad_y = _grad_input(other, x, iy, ix, grad, strides[::-1], False, clamp_grad_at_bounds)
+    return grad_x, grad_y
 
 
-def _setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
-    ctx.save_for_backward(*inputs)
-
-
-def _backward(ctx: Any, grad: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-    x, y = ctx.saved_tensors
-    grad_x, grad_y = angular_distance_bwd(grad, x, y)
-    return grad_x, (None if y is None else grad_y)
-
-
-angular_distance_fwd.register_autograd(_backward, setup_context=_setup_context)
-forbid_double_backward(OP, angular_distance_bwd)
-
-
-def angular_distance(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
-    """The reference's signature on the Triton kernels (inputs validated by the caller)."""
-    return angular_distance_fwd(x, y)
-
-
-register_triton(OP, angular_distance)
+register_autograd(
+    ANGULAR_DISTANCE,
+    "angular_distance_triton_fwd",
+    "angular_distance_triton_bwd",
+    "triton",
+    extras=(CLAMP_GRAD_AT_BOUNDS,),
+)
+angular_distance = forward_function(ANGULAR_DISTANCE, "angular_distance_triton_fwd")

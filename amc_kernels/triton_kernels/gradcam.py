@@ -3,22 +3,24 @@
 Forward: α_bk = mean_hw G_bk (alpha_kernel, "mean" only); raw_b = Σ_k α_bk·A_bk or
 Σ_k G_bk ⊙ A_bk (weighted_sum_kernel); y_b = resize(ReLU(raw_b)) with per-tile max/min/sum
 partials (resize_kernel); out_b = normalize(y_b) from the reduced partials (normalize_kernel).
+The forward saves raw and α; y is recomputed in the backward (with the partials it needs).
 Backward: the tie counts and Σ g·y of the normalisation come per tile (norm_partials_kernel);
 norm_bwd_kernel forms dY (amax/amin split their gradient evenly among ties, as torch) and
 scatters it through the resize transpose with atomics into dReLU [B, h, w]; weighted_sum_bwd_kernel
 applies the ReLU mask and the chain rule to A and G ("mean": dG_bk = Σ_hw dRaw ⊙ A_bk/(H·W) is
-one value per channel, returned expanded over H×W, so no B·K·H·W dG is written).
+one value per channel, returned as [B, K, 1, 1] and expanded over H×W, so no B·K·H·W dG is
+written). Under output_mask it computes only dA or only dG (and loads only what that needs).
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import torch
 import triton
 import triton.language as tl
 
-from ._common import register_triton
+from .._register import forward_function, register_autograd
+from .._spec import GRADCAM, compute_dtype
+from ._common import launch, not_computed, triton_op
 from ._interp import bilinear_sample, bilinear_scatter
 from ._maps import (
     k_split,
@@ -30,11 +32,8 @@ from ._maps import (
     weighted_sum_bwd_kernel,
     weighted_sum_kernel,
 )
-from ._tiles import compute_dtype, forbid_double_backward, launch
 
-OP = "gradcam"
-
-NORMALIZE = {None: 0, "max": 1, "minmax": 2, "sum": 3}
+NORMALIZE = {"none": 0, "max": 1, "minmax": 2, "sum": 3}  # the kernels' encoding (_spec)
 
 
 @triton.jit
@@ -100,7 +99,7 @@ def normalize_kernel(
     MODE: tl.constexpr, FP64: tl.constexpr, BLOCK: tl.constexpr, BLOCK_T: tl.constexpr,
 ):  # fmt: skip
     # MODE 0: out = y; 1: y/(max + ε); 2: (y − min)/((max − min) + ε) (max − min = max(y − min)
-    # exactly: rounding is monotonic); 3: y/(Σy + ε) + ε; ε = 1e-8; y, out [B, H·W] contiguous.
+    # exactly: rounding is monotonic); 3: y/(Σy + ε) + ε; ε = MAP_EPS; y, out [B, H·W] contiguous.
     # Grid: (B, T): one pixel tile per program, each reducing its map's T partials first.
     # Accumulation: fp32 (fp64 for fp64 inputs).
     b = tl.program_id(0).to(tl.int64)
@@ -202,10 +201,6 @@ def norm_bwd_kernel(
         tl.store(d_ptr + b * H * W + ps, dy, mask=mask)
 
 
-def _strides(x: torch.Tensor) -> tuple[int, ...]:
-    return tuple(x.stride())
-
-
 def _weighted_sum(a: torch.Tensor, g: torch.Tensor, weighting: str) -> tuple:
     """(raw [B, h, w], α [B, K] or [B, 0]) in the compute dtype."""
     batch, k, h, w = a.shape
@@ -217,13 +212,13 @@ def _weighted_sum(a: torch.Tensor, g: torch.Tensor, weighting: str) -> tuple:
     if weighting == "mean":
         launch(
             alpha_kernel, (batch, triton.cdiv(k, tiles["BLOCK_K"])),
-            g, alpha, k, h * w, w, *_strides(g), FP64=fp64, **tiles,
+            g, alpha, k, h * w, w, *g.stride(), FP64=fp64, **tiles,
         )  # fmt: skip
     weights = alpha if weighting == "mean" else g
     split, k_chunk = k_split(batch, k, h * w, tiles)
     launch(
         weighted_sum_kernel, (batch, triton.cdiv(h * w, tiles["BLOCK_HW"]), split),
-        a, g, weights, raw, raw, k, k_chunk, h * w, w, 1, *_strides(a), *_strides(g),
+        a, g, weights, raw, raw, k, k_chunk, h * w, w, 1, *a.stride(), *g.stride(),
         k if weighting == "mean" else 0, 1,
         ELEMENTWISE=weighting == "elementwise", GATHER=False, SPLIT=split > 1, FP64=fp64,
         **tiles,
@@ -249,7 +244,7 @@ def _block_t(num_tiles: int) -> int:
     return min(triton.next_power_of_2(num_tiles), 1024)
 
 
-@torch.library.triton_op("amc_kernels::gradcam_triton_fwd", mutates_args=())
+@triton_op("gradcam_triton_fwd")
 def gradcam_fwd(
     activations: torch.Tensor,
     gradients: torch.Tensor,
@@ -257,110 +252,85 @@ def gradcam_fwd(
     relu: bool,
     normalize: str,
     output_size: list[int],
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(maps [B, H', W'] in the activations' dtype, raw, α, y = resized ReLU(raw)); normalize
-    "none" is no normalisation, output_size [] keeps the size."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(maps [B, H', W'] in the activations' dtype, raw [B, h, w], α [B, K] or [B, 0]; both in
+    the compute dtype); normalize "none" is no normalisation, output_size [] keeps the size."""
     batch, _, h, w = activations.shape
     size = (output_size[0], output_size[1]) if output_size else (h, w)
     out = activations.new_empty((batch, *size))
     raw, alpha = _weighted_sum(activations, gradients, weighting)
     if batch == 0:
-        return out, raw, alpha, raw.new_empty((batch, *size))
+        return out, raw, alpha
     y, part = _resize(raw, size, relu)
     tiles = pixel_tiles()
     num_tiles = part.shape[1]
     launch(
         normalize_kernel, (batch, num_tiles), y, part, out, size[0] * size[1], num_tiles,
-        MODE=NORMALIZE[None if normalize == "none" else normalize],
-        FP64=raw.dtype == torch.float64, BLOCK_T=_block_t(num_tiles), **tiles,
+        MODE=NORMALIZE[normalize], FP64=raw.dtype == torch.float64,
+        BLOCK_T=_block_t(num_tiles), **tiles,
     )  # fmt: skip
-    return out, raw, alpha, y
+    return out, raw, alpha
 
 
-@torch.library.triton_op("amc_kernels::gradcam_triton_bwd", mutates_args=())
+@triton_op("gradcam_triton_bwd")
 def gradcam_bwd(
     grad: torch.Tensor,
     activations: torch.Tensor,
     gradients: torch.Tensor,
     raw: torch.Tensor,
     alpha: torch.Tensor,
-    y: torch.Tensor,
     weighting: str,
     relu: bool,
     normalize: str,
     output_size: list[int],
+    output_mask: list[bool],
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """(∂L/∂activations, ∂L/∂gradients) in their dtypes, from ∂L/∂maps; with "mean" weighting
-    ∂L/∂gradients is one value per channel, [B, K, 1, 1] (the caller expands it over H×W)."""
+    """(∂L/∂activations, ∂L/∂gradients) in their dtypes, from ∂L/∂maps, each empty when
+    output_mask does not request it; with "mean" weighting ∂L/∂gradients is one value per
+    channel, [B, K, 1, 1] (the autograd formula expands it over H×W)."""
     batch, k, h, w = activations.shape
-    grad_a = torch.empty_like(activations, memory_format=torch.contiguous_format)
-    per_channel = (batch, k, 1, 1) if weighting == "mean" else gradients.shape
-    grad_g = gradients.new_empty(per_channel)
-    if batch == 0:
+    want_a, want_g = output_mask[0], output_mask[1]
+    elementwise = weighting == "elementwise"
+    grad_a = not_computed(activations)
+    if want_a:
+        grad_a = torch.empty_like(activations, memory_format=torch.contiguous_format)
+    grad_g = not_computed(gradients)
+    if want_g:
+        grad_g = gradients.new_empty(gradients.shape if elementwise else (batch, k, 1, 1))
+    if batch == 0 or not (want_a or want_g):
         return grad_a, grad_g
     fp64 = activations.dtype == torch.float64
-    big_h, big_w = y.shape[1:]
+    size = (output_size[0], output_size[1]) if output_size else (h, w)
+    y, part = _resize(raw, size, relu)
     tiles = pixel_tiles()
-    num_tiles = triton.cdiv(big_h * big_w, tiles["BLOCK"])
-    _, part = _resize(raw, (big_h, big_w), relu)
-    mode = NORMALIZE[None if normalize == "none" else normalize]
+    num_tiles = part.shape[1]
+    mode = NORMALIZE[normalize]
     bwd = raw.new_empty((batch, num_tiles, 5))
     resize = bool(output_size)
     d_relu = torch.zeros_like(raw) if resize else torch.empty_like(raw)
     common = dict(FP64=fp64, BLOCK_T=_block_t(num_tiles), **tiles)
     launch(
-        norm_partials_kernel, (batch, num_tiles), y, part, grad, bwd, big_h, big_w, num_tiles,
-        *_strides(grad), MODE=mode, **common,
+        norm_partials_kernel, (batch, num_tiles), y, part, grad, bwd, *size, num_tiles,
+        *grad.stride(), MODE=mode, **common,
     )  # fmt: skip
     launch(
-        norm_bwd_kernel, (batch, num_tiles), y, part, bwd, grad, d_relu, h, w, big_h, big_w,
-        num_tiles, *_strides(grad), MODE=mode, RESIZE=resize, **common,
+        norm_bwd_kernel, (batch, num_tiles), y, part, bwd, grad, d_relu, h, w, *size,
+        num_tiles, *grad.stride(), MODE=mode, RESIZE=resize, **common,
     )  # fmt: skip
     map_tile = map_tiles(k, h * w)
-    elementwise = weighting == "elementwise"
+    # Placeholders for the outputs that are not computed: the kernel never touches them.
+    out_a = grad_a if want_a else raw
+    out_g = grad_g if want_g else raw
     launch(
         weighted_sum_bwd_kernel, (batch, triton.cdiv(k, map_tile["BLOCK_K"])),
         activations, gradients, gradients if elementwise else alpha, raw, raw, d_relu,
-        grad_a, grad_g, grad_g, k, h * w, w, 1, *_strides(activations), *_strides(gradients),
-        0 if elementwise else k, 1, *_strides(d_relu),
-        ELEMENTWISE=elementwise, GATHER=False, RELU=relu, MEAN_G=not elementwise, FP64=fp64,
-        **map_tile,
+        out_a, out_g, out_g, k, h * w, w, 1, *activations.stride(), *gradients.stride(),
+        0 if elementwise else k, 1, *d_relu.stride(),
+        ELEMENTWISE=elementwise, GATHER=False, RELU=relu, MEAN_G=not elementwise,
+        GRAD_A=want_a, GRAD_W=want_g, FP64=fp64, **map_tile,
     )  # fmt: skip
     return grad_a, grad_g
 
 
-def _setup_context(ctx: Any, inputs: tuple, output: tuple) -> None:
-    activations, gradients, *options = inputs
-    _, raw, alpha, y = output
-    ctx.mark_non_differentiable(raw, alpha, y)
-    ctx.save_for_backward(activations, gradients, raw, alpha, y)
-    ctx.options = options
-
-
-def _backward(ctx: Any, grad: torch.Tensor, *_unused: Any) -> tuple:
-    grad_a, grad_g = gradcam_bwd(grad, *ctx.saved_tensors, *ctx.options)
-    # "mean": one value per channel; expanding it writes no B·K·H·W tensor.
-    return grad_a, grad_g.expand(ctx.saved_tensors[1].shape), None, None, None, None
-
-
-gradcam_fwd.register_autograd(_backward, setup_context=_setup_context)
-forbid_double_backward(OP, gradcam_bwd)
-
-
-def gradcam(
-    activations: torch.Tensor,
-    gradients: torch.Tensor,
-    *,
-    weighting: str = "mean",
-    relu: bool = True,
-    normalize: str | None = None,
-    output_size: tuple[int, int] | None = None,
-) -> torch.Tensor:
-    """The reference's signature on the Triton kernels (inputs validated by the caller)."""
-    maps, _, _, _ = gradcam_fwd(
-        activations, gradients, weighting, relu, normalize or "none", list(output_size or ())
-    )
-    return maps
-
-
-register_triton(OP, gradcam)
+register_autograd(GRADCAM, "gradcam_triton_fwd", "gradcam_triton_bwd", "triton")
+gradcam = forward_function(GRADCAM, "gradcam_triton_fwd")

@@ -1,6 +1,6 @@
 """Triton saliency_mask (DESIGN §2.7): ExCon's masked view, not differentiable.
 
-e = (s − min)/((max − min) + 1e-8) with s the saliency resized bilinearly to the images' H×W,
+e = (s − min)/((max − min) + MAP_EPS) with s the saliency resized bilinearly to the images' H×W,
 recomputed from the small [h, w] map wherever it is needed (never stored).
 select_kernel (one program per image): min and max of s; with top_fraction, the k-th largest e
 by a bitwise binary search on its bit pattern (e ≥ 0, so the pattern as an integer is monotonic
@@ -18,13 +18,13 @@ import torch
 import triton
 import triton.language as tl
 
+from .._dispatch import interpreter_enabled
+from .._register import forward_function
+from .._spec import SALIENCY_MASK, compute_dtype
 from ..reference.saliency_mask import kept_pixel_count
-from ._common import interpreter_enabled, register_triton
+from ._common import launch, scalar, triton_op
 from ._interp import bilinear_sample
 from ._maps import minmax_normalized
-from ._tiles import compute_dtype, launch
-
-OP = "saliency_mask"
 
 
 @triton.jit
@@ -139,7 +139,7 @@ def _tiles() -> dict[str, int]:
     return {"BLOCK": 1024, "num_warps": 4}
 
 
-@torch.library.triton_op("amc_kernels::saliency_mask_triton_fwd", mutates_args=())
+@triton_op("saliency_mask_triton_fwd")
 def saliency_mask_fwd(
     images: torch.Tensor, saliency: torch.Tensor, threshold: float, top_fraction: float, fill: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -163,30 +163,15 @@ def saliency_mask_fwd(
         select_kernel, (batch,), saliency, stats, sel, counts, h, w, height, width, num_tiles,
         keep_count, *saliency.stride(), TOP=top, FP64=fp64, BITS=63 if fp64 else 31, **tiles,
     )  # fmt: skip
-    thr = torch.full((), threshold, dtype=dtype, device=images.device)
+    threshold_value = scalar(threshold, saliency)
     fill_value = torch.full((), fill, dtype=images.dtype, device=images.device)
     launch(
-        mask_kernel, (batch, num_tiles), images, saliency, stats, sel, counts, thr, fill_value,
-        out, keep.view(torch.uint8), channels, h, w, height, width, num_tiles,
+        mask_kernel, (batch, num_tiles), images, saliency, stats, sel, counts, threshold_value,
+        fill_value, out, keep.view(torch.uint8), channels, h, w, height, width, num_tiles,
         *images.stride(), *saliency.stride(),
         TOP=top, FP64=fp64, BLOCK_T=min(triton.next_power_of_2(num_tiles), 1024), **tiles,
     )  # fmt: skip
     return out, keep
 
 
-def saliency_mask(
-    images: torch.Tensor,
-    saliency: torch.Tensor,
-    *,
-    threshold: float = 0.5,
-    top_fraction: float | None = None,
-    fill: float = 0.0,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The reference's signature on the Triton kernels (inputs validated by the caller)."""
-    with torch.no_grad():
-        return saliency_mask_fwd(
-            images, saliency, threshold, -1.0 if top_fraction is None else top_fraction, fill
-        )
-
-
-register_triton(OP, saliency_mask)
+saliency_mask = torch.no_grad()(forward_function(SALIENCY_MASK, "saliency_mask_triton_fwd"))

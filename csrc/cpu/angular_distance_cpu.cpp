@@ -35,7 +35,7 @@
 #include "amc_kernels/checks.h"
 #include "amc_kernels/dispatch.h"
 #include "amc_kernels/math.h"
-#include "angular_common.h"
+#include "tile_utils_cpu.h"
 
 namespace amc_kernels::cpu {
 namespace {

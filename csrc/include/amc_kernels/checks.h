@@ -1,7 +1,11 @@
 // Argument checks for the ops: every message starts with the op name, then says what to fix.
 #pragma once
 
+#include <ATen/core/List.h>
 #include <c10/util/Exception.h>
+
+#include <array>
+#include <cstddef>
 
 #define AMC_CHECK(cond, op, ...) TORCH_CHECK(cond, "amc_kernels.", op, ": ", __VA_ARGS__)
 
@@ -12,3 +16,21 @@
   AMC_CHECK(at::isFloatingType((t).scalar_type()), op, name,                                 \
             " must be a floating-point tensor (float16, bfloat16, float32 or float64), got ", \
             (t).scalar_type())
+
+namespace amc_kernels {
+
+// The output_mask of a backward op (csrc/amc_kernels.cpp): one flag per differentiable input
+// of the forward, `inputs` naming them in order, as N bools.
+template <size_t N>
+std::array<bool, N> checked_output_mask(const c10::List<bool>& mask, const char* op,
+                                        const char* inputs) {
+  AMC_CHECK(mask.size() == N, op, "output_mask must have ", N,
+            " flags, one per differentiable input (", inputs, "), got ", mask.size());
+  std::array<bool, N> flags;
+  for (size_t i = 0; i < N; ++i) {
+    flags[i] = mask.get(i);
+  }
+  return flags;
+}
+
+}  // namespace amc_kernels

@@ -11,6 +11,14 @@
 
 namespace amc_kernels {
 
+// ---- row normalisation ---------------------------------------------------------------------
+
+// ε = 1e-12 of x̂ = x / max(‖x‖, ε), F.normalize's default, rounded to acc_t as torch rounds it.
+template <typename acc_t>
+AMC_HOST_DEVICE acc_t norm_eps() {
+  return static_cast<acc_t>(1e-12);
+}
+
 // ---- clamped arccos (DESIGN §2.1) ----------------------------------------------------------
 
 // 1 − δ with δ = 1e-7, rounded to acc_t exactly as torch.clamp rounds its Python bound.

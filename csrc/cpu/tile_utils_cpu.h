@@ -1,6 +1,7 @@
-// CPU pieces shared by angular_distance and amc_loss: row spans for tiling, the schedules of
-// tiles and of symmetric tile pairs over the threads, the row normalisation of F.normalize and
-// its backward, the cosine tile GEMM, and the macro that compiles a row loop per SIMD width.
+// CPU building blocks of the row kernels (angular_distance, amc_loss, supcon_loss): row spans
+// for tiling, the schedules of tiles and of symmetric tile pairs over the threads, the row
+// normalisation of F.normalize and its backward, the cosine tile GEMM, and the macro that
+// compiles a row loop per SIMD width.
 #pragma once
 
 #include <ATen/TensorOperators.h>
@@ -23,9 +24,6 @@
 
 namespace amc_kernels::cpu {
 
-// ε of x̂ = x / max(‖x‖, ε), as F.normalize(eps=1e-12).
-constexpr double kNormEps = 1e-12;
-
 // fp64 for fp64, fp32 for fp32, fp16 and bf16.
 at::ScalarType compute_dtype(at::ScalarType dtype);
 
@@ -44,7 +42,7 @@ inline Span tile_span(int64_t index, int64_t rows, int64_t tile) {
 
 // ---- symmetric tile pairs -------------------------------------------------------------------
 
-// Tiles I ≤ J of a symmetric N × N matrix.
+// Two tiles: I ≤ J of a symmetric N × N matrix, or a row tile and a column tile.
 struct TilePair {
   int64_t first;
   int64_t second;
@@ -102,7 +100,7 @@ void for_each_tile_pair(int64_t tiles, int64_t tile, int64_t buffers,
 
 // ---- unit rows -------------------------------------------------------------------------------
 
-// x̂ = x / max(‖x‖, ε) row by row in the compute dtype (contiguous), and the norms ‖x‖.
+// x̂ = x / max(‖x‖, ε) (ε = norm_eps, math.h) row by row in the compute dtype (contiguous), and the norms ‖x‖.
 struct UnitRows {
   at::Tensor unit;
   at::Tensor norm;

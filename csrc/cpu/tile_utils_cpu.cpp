@@ -1,13 +1,14 @@
-// CPU pieces shared by angular_distance and amc_loss: the tile pairs of a symmetric matrix (see
-// angular_common.h for their schedules) and the row normalisation.
-// Normalisation: x̂_i = x_i / max(‖x_i‖, ε), ε = 1e-12 (F.normalize). The norms come from
-//   at::linalg_vector_norm, the call F.normalize makes, so the unit rows are bit-identical to the
-//   reference's: the cosine of two duplicate rows then falls on the same side of the arccos clamp.
+// CPU building blocks of the row kernels: the tile pairs of a symmetric matrix (see
+// tile_utils_cpu.h for their schedules) and the row normalisation.
+// Normalisation: x̂_i = x_i / max(‖x_i‖, ε), ε = norm_eps (math.h; F.normalize's). The norms
+//   come from at::linalg_vector_norm, the call F.normalize makes, so the unit rows are
+//   bit-identical to the reference's: the cosine of two duplicate rows then falls on the same
+//   side of the arccos clamp.
 //   Backward: for ‖x‖ > ε, dx = (dx̂ − x̂⟨x̂, dx̂⟩) / ‖x‖; for ‖x‖ < ε, x̂ = x / ε, dx = dx̂ / ε.
 //   ‖x‖ = ε takes the first form where the running torch's clamp_min passes the gradient at its
 //   bound (older versions), the second where it does not (newer ones, pytorch/pytorch#184574).
 //   Mapping: at::parallel_for over rows. Accumulation: fp32 (fp64 for fp64 inputs).
-#include "angular_common.h"
+#include "tile_utils_cpu.h"
 
 #include <ATen/ops/empty.h>
 #include <ATen/ops/linalg_vector_norm.h>
@@ -15,6 +16,7 @@
 #include <ATen/Parallel.h>
 
 #include "amc_kernels/dispatch.h"
+#include "amc_kernels/math.h"
 
 namespace amc_kernels::cpu {
 namespace {
@@ -63,7 +65,7 @@ UnitRows unit_rows(const at::Tensor& x) {
     const int64_t col_stride = x.stride(1);
     const acc_t* norms = norm.const_data_ptr<acc_t>();
     acc_t* out = unit.mutable_data_ptr<acc_t>();
-    const acc_t eps = static_cast<acc_t>(kNormEps);
+    const acc_t eps = norm_eps<acc_t>();
     at::parallel_for(0, rows, row_grain(cols), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const acc_t denom = std::max(norms[i], eps);
@@ -87,7 +89,7 @@ at::Tensor unit_rows_backward(const UnitRows& rows, const at::Tensor& grad_unit,
     const acc_t* norms = rows.norm.const_data_ptr<acc_t>();
     const acc_t* dunit = grad_unit.const_data_ptr<acc_t>();
     scalar_t* out = grad.mutable_data_ptr<scalar_t>();
-    const acc_t eps = static_cast<acc_t>(kNormEps);
+    const acc_t eps = norm_eps<acc_t>();
     at::parallel_for(0, n, row_grain(cols), [&](int64_t begin, int64_t end) {
       for (int64_t i = begin; i < end; ++i) {
         const acc_t* u = unit + i * cols;
