@@ -767,7 +767,7 @@ def strided_view(t: torch.Tensor, layout: str) -> torch.Tensor:
     """A view of a copy of `t`, with the same values and other strides.
 
     ``"strided"``: every other element of a buffer twice as wide in the last dimension, whose
-    gaps hold NaN (floating) or junk (integers, bools); ``"transposed"``: column-major in the
+    gaps hold NaN (floating) or 0 (integers: an index that is always in range) or True (bools); ``"transposed"``: column-major in the
     last two dimensions (1-D tensors get the strided layout).
     """
     if t.dim() == 0:
@@ -775,7 +775,7 @@ def strided_view(t: torch.Tensor, layout: str) -> torch.Tensor:
     if layout == "transposed" and t.dim() >= 2:
         return t.transpose(-1, -2).contiguous().transpose(-1, -2)
     wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
-    wide.fill_(math.nan if t.is_floating_point() else _GAP_FILL.get(t.dtype, 7))
+    wide.fill_(math.nan if t.is_floating_point() else _GAP_FILL.get(t.dtype, 0))
     view = wide[..., ::2]
     view.copy_(t)
     return view

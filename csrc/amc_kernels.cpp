@@ -17,14 +17,16 @@
 namespace amc_kernels {
 
 #ifdef AMC_KERNELS_WITH_CUDA
-int cuda_runtime_version();  // csrc/cuda/selfcheck_cuda.cu: CUDART_VERSION of the build
+namespace cuda {
+int runtime_version();  // csrc/cuda/selfcheck_cuda.cu: CUDART_VERSION of the build
+}  // namespace cuda
 #endif
 
 namespace {
 
 std::string cuda_version_string() {
 #ifdef AMC_KERNELS_WITH_CUDA
-  const int version = cuda_runtime_version();
+  const int version = cuda::runtime_version();
   return std::to_string(version / 1000) + "." + std::to_string((version % 1000) / 10);
 #else
   return "";
@@ -53,6 +55,10 @@ std::string build_info() {
 
 }  // namespace
 
+// Backward ops: <op>_bwd(grad, the forward's tensor inputs, its saved outputs, its options,
+// extras, bool[] output_mask) returns one gradient per differentiable input of the forward, in
+// the forward's order. output_mask holds one flag per such input, in the same order: a gradient
+// whose flag is false is not computed and comes back as an empty [0] tensor.
 TORCH_LIBRARY(amc_kernels, m) {
   m.def("build_info() -> str", &build_info);
   // Row-wise log-sum-exp through the shared online-LSE code: the build's self-check.
@@ -60,25 +66,29 @@ TORCH_LIBRARY(amc_kernels, m) {
 
   // angular_distance (DESIGN §2.1). y = None means y = x; grad_y is empty then.
   // clamp_grad_at_bounds: whether the running torch's clamp passes the gradient at its bounds.
+  // output_mask: (x, y) -> (grad_x, grad_y).
   m.def("angular_distance_fwd(Tensor x, Tensor? y) -> Tensor");
   m.def(
-      "angular_distance_bwd(Tensor grad, Tensor x, Tensor? y, bool clamp_grad_at_bounds) "
-      "-> (Tensor, Tensor)");
+      "angular_distance_bwd(Tensor grad, Tensor x, Tensor? y, bool clamp_grad_at_bounds, "
+      "bool[] output_mask) -> (Tensor, Tensor)");
 
   // amc_loss (DESIGN §2.2). pairs: "all" | "halves"; reduction: "mean" | "sum" | "none".
+  // output_mask: (features) -> grad_features.
   m.def("amc_loss_fwd(Tensor features, Tensor labels, float margin, str pairs, str reduction) -> Tensor");
   m.def(
       "amc_loss_bwd(Tensor grad, Tensor features, Tensor labels, float margin, str pairs, "
-      "str reduction, bool clamp_grad_at_bounds) -> Tensor");
+      "str reduction, bool clamp_grad_at_bounds, bool[] output_mask) -> Tensor");
 
   // supcon_loss (DESIGN §2.3). features [N, V, D]; returns (loss, per-anchor log-sum-exp [A]).
+  // output_mask: (features, negatives) -> (grad_features, grad_negatives); grad_negatives is
+  // empty without negatives.
   m.def(
       "supcon_loss_fwd(Tensor features, Tensor? labels, Tensor? negatives, float temperature, "
       "float base_temperature, str contrast_mode, bool normalize, str reduction) -> (Tensor, Tensor)");
   m.def(
       "supcon_loss_bwd(Tensor grad, Tensor features, Tensor? labels, Tensor? negatives, Tensor lse, "
-      "float temperature, float base_temperature, str contrast_mode, bool normalize, str reduction) "
-      "-> (Tensor, Tensor)");
+      "float temperature, float base_temperature, str contrast_mode, bool normalize, str reduction, "
+      "bool[] output_mask) -> (Tensor, Tensor)");
 
   // gradcam (DESIGN §2.4). normalize: "none" | "max" | "minmax" | "sum"; output_size [] keeps H×W.
   // The forward also returns what the backward would otherwise re-read A and G for: the raw
@@ -86,26 +96,30 @@ TORCH_LIBRARY(amc_kernels, m) {
   // ([B, 0] for "elementwise"), both fp32 (fp64 for fp64 inputs). For "mean" the backward's
   // gradient of `gradients` is constant over each channel's pixels and is returned as
   // [B, K, 1, 1], to be expanded by the caller.
+  // output_mask: (activations, gradients) -> (grad_activations, grad_gradients).
   m.def(
       "gradcam_fwd(Tensor activations, Tensor gradients, str weighting, bool relu, str normalize, "
       "int[] output_size) -> (Tensor, Tensor, Tensor)");
   m.def(
       "gradcam_bwd(Tensor grad, Tensor activations, Tensor gradients, Tensor raw, Tensor alpha, "
-      "str weighting, bool relu, str normalize, int[] output_size) -> (Tensor, Tensor)");
-
-  // class_activation_map (DESIGN §2.5).
-  m.def("class_activation_map_fwd(Tensor activations, Tensor fc_weight, Tensor targets) -> Tensor");
-  m.def(
-      "class_activation_map_bwd(Tensor grad, Tensor activations, Tensor fc_weight, Tensor targets) "
+      "str weighting, bool relu, str normalize, int[] output_size, bool[] output_mask) "
       "-> (Tensor, Tensor)");
 
+  // class_activation_map (DESIGN §2.5).
+  // output_mask: (activations, fc_weight) -> (grad_activations, grad_fc_weight).
+  m.def("class_activation_map_fwd(Tensor activations, Tensor fc_weight, Tensor targets) -> Tensor");
+  m.def(
+      "class_activation_map_bwd(Tensor grad, Tensor activations, Tensor fc_weight, Tensor targets, "
+      "bool[] output_mask) -> (Tensor, Tensor)");
+
   // cgc_loss (DESIGN §2.6), on the native h×w maps through separable interpolation matrices.
+  // output_mask: (cam_orig, cam_aug) -> (grad_cam_orig, grad_cam_aug).
   m.def(
       "cgc_loss_fwd(Tensor cam_orig, Tensor cam_aug, Tensor crops, Tensor flips, float temperature, "
       "int size) -> Tensor");
   m.def(
       "cgc_loss_bwd(Tensor grad, Tensor cam_orig, Tensor cam_aug, Tensor crops, Tensor flips, "
-      "float temperature, int size) -> (Tensor, Tensor)");
+      "float temperature, int size, bool[] output_mask) -> (Tensor, Tensor)");
 
   // saliency_mask (DESIGN §2.7); no gradient. top_fraction < 0 means "use the threshold".
   m.def(

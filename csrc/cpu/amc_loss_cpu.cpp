@@ -1,6 +1,7 @@
 // amc_loss_fwd and amc_loss_bwd on CPU (DESIGN §2.2).
 // Formula: ℓ_ij = S_ij·θ_ij² + (1 − S_ij)·max(0, m − θ_ij)², S_ij = 1[y_i = y_j],
-//   θ_ij = arccos(clamp(⟨ẑ_i, ẑ_j⟩, −1 + δ, 1 − δ)), ẑ = z / max(‖z‖, 1e-12).
+//   θ_ij = arccos(clamp(⟨ẑ_i, ẑ_j⟩, −1 + δ, 1 − δ)), ẑ = z / max(‖z‖, ε) (ε = norm_eps, δ of
+//   cosine_bound, math.h). The backward computes nothing when output_mask leaves the gradient out.
 // pairs="halves": pairs (k, k + ⌊N/2⌋); O(N·D), at::parallel_for over pairs.
 // pairs="all": the N×N matrix is never held. The unit rows are cut into square tiles; each tile
 //   pair I ≤ J of the symmetric cosine matrix (strictly upper within a diagonal tile) is one task:
@@ -264,14 +265,19 @@ at::Tensor amc_loss_fwd_cpu(const at::Tensor& features, const at::Tensor& labels
 
 at::Tensor amc_loss_bwd_cpu(const at::Tensor& grad, const at::Tensor& features,
                             const at::Tensor& labels, double margin, const std::string& pairs,
-                            const std::string& reduction, bool clamp_grad_at_bounds) {
+                            const std::string& reduction, bool clamp_grad_at_bounds,
+                            const c10::List<bool>& output_mask) {
   check_inputs(kBwd, features, labels, pairs, reduction);
+  const auto [want_features] = checked_output_mask<1>(output_mask, kBwd, "features");
   const int64_t n = features.size(0);
   const int64_t expected = reduction != "none" ? 1 : (pairs == "all" ? n : pair_count(n, pairs));
   AMC_CHECK(grad.numel() == expected, kBwd, "grad must have ", expected,
             " entries (one per anchor for pairs='all', per pair for 'halves', one for a scalar "
             "reduction), got shape ",
             grad.sizes());
+  if (!want_features) {
+    return at::empty({0}, features.options());
+  }
   const UnitRows rows = unit_rows(features);
   const at::Tensor ids = label_ids(labels);
   const at::Tensor upstream = grad.to(rows.unit.scalar_type()).reshape(-1).contiguous();

@@ -1,8 +1,9 @@
 // angular_distance_fwd and angular_distance_bwd on CPU (DESIGN §2.1).
-// Formula: θ_ij = arccos(clamp(⟨x̂_i, ŷ_j⟩, −1 + δ, 1 − δ)), x̂ = x / max(‖x‖, 1e-12), δ = 1e-7;
-//   y = None means y = x. Backward: G = grad ⊙ dθ/dc (zero outside the clamp; at its bounds as
-//   the running torch's clamp, see clamped_arccos_grad), dx̂ = G ŷ, dŷ = Gᵀ x̂, then the backward
-//   of the normalisation.
+// Formula: θ_ij = arccos(clamp(⟨x̂_i, ŷ_j⟩, −1 + δ, 1 − δ)), x̂ = x / max(‖x‖, ε), with
+//   ε = norm_eps and δ from cosine_bound (math.h); y = None means y = x. Backward: G = grad ⊙
+//   dθ/dc (zero outside the clamp; at its bounds as the running torch's clamp, see
+//   clamped_arccos_grad), dx̂ = G ŷ, dŷ = Gᵀ x̂, then the backward of the normalisation; the
+//   GEMMs and the normalisation backward of a gradient that output_mask leaves out are skipped.
 // Mapping with y: the unit rows are computed once (O((N + M)·D)). Forward: the threads claim
 //   kRowTile × kColTile tiles of θ in turn (parallel_claim); one BLAS GEMM writes the tile's
 //   cosines into the output (into a per-thread fp32 tile for fp16/bf16 outputs), then the
@@ -203,27 +204,31 @@ at::Tensor self_backward_tiles(const at::Tensor& grad, const at::Tensor& unit,
   return parts.sum(0);
 }
 
-// dx̂ (zero-initialised, [N, D]) and dŷ ([M, D], returned) for the upstream gradient `grad`,
-// whose rows are contiguous.
+// (dx̂ [N, D], dŷ [M, D]) for the upstream gradient `grad`, whose rows are contiguous; an
+// undefined tensor for one not wanted.
 template <typename scalar_t>
-at::Tensor angular_backward_tiles(const at::Tensor& grad, const at::Tensor& x_unit,
-                                  const at::Tensor& y_unit, bool clamp_grad_at_bounds,
-                                  at::Tensor& x_grad_unit) {
+std::tuple<at::Tensor, at::Tensor> angular_backward_tiles(const at::Tensor& grad,
+                                                          const at::Tensor& x_unit,
+                                                          const at::Tensor& y_unit,
+                                                          bool clamp_grad_at_bounds, bool want_x,
+                                                          bool want_y) {
   const int64_t rows = x_unit.size(0);
   const int64_t cols = y_unit.size(0);
   const int64_t row_tiles = tile_count(rows, kRowTile);
   const int64_t col_tiles = tile_count(cols, kColTile);
   const int64_t chunks = std::max<int64_t>(1, std::min<int64_t>(at::get_num_threads(), row_tiles));
-  at::Tensor y_grad_parts = at::zeros({chunks, cols, y_unit.size(1)}, y_unit.options());
+  at::Tensor x_grad_unit = want_x ? at::zeros_like(x_unit) : at::Tensor();
+  at::Tensor y_grad_parts =
+      want_y ? at::zeros({chunks, cols, y_unit.size(1)}, y_unit.options()) : at::Tensor();
   const scalar_t* grad_data = grad.const_data_ptr<scalar_t>();
   const int64_t grad_stride = grad.stride(0);
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     at::Tensor scratch = at::empty({kRowTile, kColTile}, x_unit.options());
     for (int64_t chunk = begin; chunk < end; ++chunk) {
-      at::Tensor y_grad_part = y_grad_parts[chunk];
+      at::Tensor y_grad_part = want_y ? y_grad_parts[chunk] : at::Tensor();
       for (int64_t ti = chunk * row_tiles / chunks; ti < (chunk + 1) * row_tiles / chunks; ++ti) {
         const Span r = tile_span(ti, rows, kRowTile);
-        at::Tensor x_grad_rows = x_grad_unit.narrow(0, r.begin, r.size);
+        at::Tensor x_grad_rows = want_x ? x_grad_unit.narrow(0, r.begin, r.size) : at::Tensor();
         for (int64_t tj = 0; tj < col_tiles; ++tj) {
           const Span c = tile_span(tj, cols, kColTile);
           at::Tensor g = scratch.narrow(0, 0, r.size).narrow(1, 0, c.size);
@@ -234,13 +239,17 @@ at::Tensor angular_backward_tiles(const at::Tensor& grad, const at::Tensor& x_un
                             grad_data + (r.begin + i) * grad_stride + c.begin,
                             clamp_grad_at_bounds, c.size);
           }
-          x_grad_rows.addmm_(g, y_unit.narrow(0, c.begin, c.size));
-          y_grad_part.narrow(0, c.begin, c.size).addmm_(g.t(), x_unit.narrow(0, r.begin, r.size));
+          if (want_x) {
+            x_grad_rows.addmm_(g, y_unit.narrow(0, c.begin, c.size));
+          }
+          if (want_y) {
+            y_grad_part.narrow(0, c.begin, c.size).addmm_(g.t(), x_unit.narrow(0, r.begin, r.size));
+          }
         }
       }
     }
   });
-  return y_grad_parts.sum(0);
+  return {x_grad_unit, want_y ? y_grad_parts.sum(0) : at::Tensor()};
 }
 
 at::Tensor angular_distance_fwd_cpu(const at::Tensor& x, const std::optional<at::Tensor>& y) {
@@ -261,35 +270,43 @@ at::Tensor angular_distance_fwd_cpu(const at::Tensor& x, const std::optional<at:
 std::tuple<at::Tensor, at::Tensor> angular_distance_bwd_cpu(const at::Tensor& grad,
                                                             const at::Tensor& x,
                                                             const std::optional<at::Tensor>& y,
-                                                            bool clamp_grad_at_bounds) {
+                                                            bool clamp_grad_at_bounds,
+                                                            const c10::List<bool>& output_mask) {
   check_inputs(kBwd, x, y);
+  const auto [want_x, want_y_flag] = checked_output_mask<2>(output_mask, kBwd, "x, y");
+  const int64_t cols = y.has_value() ? y->size(0) : x.size(0);
+  AMC_CHECK_DIM(grad, 2, kBwd, "grad");
+  AMC_CHECK(grad.size(0) == x.size(0) && grad.size(1) == cols, kBwd, "grad must have shape [",
+            x.size(0), ", ", cols, "], got ", grad.sizes());
+  AMC_CHECK(grad.scalar_type() == x.scalar_type(), kBwd, "grad must have x's dtype ",
+            x.scalar_type(), ", got ", grad.scalar_type());
+  const bool want_y = want_y_flag && y.has_value();
+  at::Tensor grad_x = at::empty({0}, x.options());
+  at::Tensor grad_y = at::empty({0}, y.has_value() ? y->options() : x.options());
+  if (!want_x && !want_y) {
+    return {grad_x, grad_y};
+  }
   const UnitRows x_rows = unit_rows(x);
   const std::optional<UnitRows> y_rows =
       y.has_value() ? std::optional<UnitRows>(unit_rows(*y)) : std::nullopt;
-  const at::Tensor& y_unit = y_rows.has_value() ? y_rows->unit : x_rows.unit;
-  AMC_CHECK_DIM(grad, 2, kBwd, "grad");
-  AMC_CHECK(grad.size(0) == x.size(0) && grad.size(1) == y_unit.size(0), kBwd,
-            "grad must have shape [", x.size(0), ", ", y_unit.size(0), "], got ", grad.sizes());
-  AMC_CHECK(grad.scalar_type() == x.scalar_type(), kBwd, "grad must have x's dtype ",
-            x.scalar_type(), ", got ", grad.scalar_type());
   const at::Tensor grad_rows = grad.stride(1) == 1 ? grad : grad.contiguous();
   at::Tensor x_grad_unit;
   at::Tensor y_grad_unit;
   AMC_DISPATCH_FLOATING(x.scalar_type(), kBwd, [&] {
     if (y_rows.has_value()) {
-      x_grad_unit = at::zeros_like(x_rows.unit);
-      y_grad_unit = angular_backward_tiles<scalar_t>(grad_rows, x_rows.unit, y_unit,
-                                                     clamp_grad_at_bounds, x_grad_unit);
+      std::tie(x_grad_unit, y_grad_unit) = angular_backward_tiles<scalar_t>(
+          grad_rows, x_rows.unit, y_rows->unit, clamp_grad_at_bounds, want_x, want_y);
     } else {
       x_grad_unit = self_backward_tiles<scalar_t>(grad_rows, x_rows.unit, clamp_grad_at_bounds);
     }
   });
-  if (!y_rows.has_value()) {
-    return {unit_rows_backward(x_rows, x_grad_unit, x.scalar_type(), clamp_grad_at_bounds),
-            at::empty({0}, x.options())};
+  if (want_x) {
+    grad_x = unit_rows_backward(x_rows, x_grad_unit, x.scalar_type(), clamp_grad_at_bounds);
   }
-  return {unit_rows_backward(x_rows, x_grad_unit, x.scalar_type(), clamp_grad_at_bounds),
-          unit_rows_backward(*y_rows, y_grad_unit, x.scalar_type(), clamp_grad_at_bounds)};
+  if (want_y) {
+    grad_y = unit_rows_backward(*y_rows, y_grad_unit, x.scalar_type(), clamp_grad_at_bounds);
+  }
+  return {grad_x, grad_y};
 }
 
 }  // namespace

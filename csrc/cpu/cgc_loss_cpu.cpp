@@ -5,7 +5,7 @@
 // r = Rᵀ1 and K = RᵀR per axis. Sample b's crop (i, j, ch, cw) and flip give
 // A_b = Resize_{ch→size}·Select_{i..i+ch}·R_h (size×h) and B_b = Flip·Resize_{cw→size}·
 // Select_{j..j+cw}·R_w (size×w), built row by row from cropped_resize_taps (math.h). With
-// ε = 1e-8, J the all-ones size×size map, X_b = A_b c_b B_bᵀ and Y_b = R_h c'_b R_wᵀ:
+// ε = map_eps (math.h), J the all-ones size×size map, X_b = A_b c_b B_bᵀ and Y_b = R_h c'_b R_wᵀ:
 //   σ_b = r_hᵀ c_b r_w + ε,  σ'_b = r_hᵀ c'_b r_w + ε,  u_b = X_b/σ_b + εJ,  v_b = Y_b/σ'_b + εJ
 // (crop and resize keep a constant map constant). Every inner product is an h×w sandwich:
 //   ⟨X, X⟩ = ⟨c, (AᵀA) c (BᵀB)⟩,  ⟨X, Y⟩ = ⟨c, (AᵀR_h) c' (R_wᵀB)⟩,  ⟨Y_b, Y_j⟩ = ⟨c'_b, K_h c'_j K_w⟩,
@@ -13,7 +13,9 @@
 // logits_b = [cos(u_b, v_b), cos(v_b, v_j) for j ≠ b] / τ; loss = mean_b (lse_b − logits_b0).
 // Backward: dL/du_b = α_b v_b + β_b u_b and dL/dv_b = α_b u_b + Σ_j Ω_bj v_j (the cosine chain
 // rule), pulled back through the affine maps: dL/dc = Aᵀ(dL/du)B/σ − ⟨dL/du, X⟩/σ²·r_h r_wᵀ, and
-// dL/dc' likewise with R_h, R_w and σ'.
+// dL/dc' likewise with R_h, R_w and σ'. A gradient that output_mask leaves out is not computed:
+// dL/dc alone skips the Ω GEMM and the R_hᵀ X R_w sandwich, dL/dc' alone the Aᵀ X B and Aᵀ Y B
+// sandwiches.
 //
 // Mapping: at::parallel_for over samples, each building its crop's h×h and w×w matrices from four
 // bilinear taps per output row and its h×w sandwich products in thread-local scratch; BLAS GEMMs
@@ -40,7 +42,7 @@
 #include "amc_kernels/dispatch.h"
 #include "amc_kernels/math.h"
 
-namespace amc_kernels {
+namespace amc_kernels::cpu {
 namespace {
 
 constexpr const char* kFwd = "cgc_loss_fwd";
@@ -411,7 +413,8 @@ Coefficients<acc_t> compute_coefficients(const CgcProblem<acc_t>& p, const Stati
   return k;
 }
 
-// grad_orig and grad_aug ([B, h·w], acc_t); grad_aug arrives holding Σ_j (Ω_bj/σ'_j) Z_j.
+// grad_orig and grad_aug ([B, h·w], acc_t), each skipped where null; grad_aug arrives holding
+// Σ_j (Ω_bj/σ'_j) Z_j.
 template <typename acc_t>
 void pull_back(const CgcProblem<acc_t>& p, const Statistics<acc_t>& s, const Coefficients<acc_t>& k,
                acc_t* grad_orig, acc_t* grad_aug) {
@@ -421,12 +424,17 @@ void pull_back(const CgcProblem<acc_t>& p, const Statistics<acc_t>& s, const Coe
   const acc_t* col_sums = p.cols.sums.data();
   at::parallel_for(0, p.batch, grain_for(p.sample_work()), [&](int64_t begin, int64_t end) {
     SampleWorkspace<acc_t> ws(p);
-    std::vector<acc_t> back_term(p.pixels());  // (R_hᵀA) c (BᵀR_w) = R_hᵀ X R_w
+    // (R_hᵀA) c (BᵀR_w) = R_hᵀ X R_w
+    std::vector<acc_t> back_term(grad_aug != nullptr ? p.pixels() : 0);
     for (int64_t b = begin; b < end; ++b) {
       ws.load_crop(p, b);
-      ws.compute_terms(p, b);
-      sandwich(transposed(ws.rows.cross.data(), h), p.orig_map(b), matrix(ws.cols.cross.data(), w),
-               h, w, ws.scratch.data(), back_term.data());
+      if (grad_orig != nullptr) {
+        ws.compute_terms(p, b);
+      }
+      if (grad_aug != nullptr) {
+        sandwich(transposed(ws.rows.cross.data(), h), p.orig_map(b),
+                 matrix(ws.cols.cross.data(), w), h, w, ws.scratch.data(), back_term.data());
+      }
       const acc_t alpha = k.alpha[b], beta = k.beta[b];
       const acc_t sigma = s.sigma_orig[b], sigma_aug = s.sigma_aug[b];
       // dL/dc = Aᵀ(αv + βu)B/σ − ⟨αv + βu, X⟩/σ²·r_h r_wᵀ.
@@ -439,16 +447,26 @@ void pull_back(const CgcProblem<acc_t>& p, const Statistics<acc_t>& s, const Coe
                             k.omega_sum[b] * eps * s.sum_y[b];
       const acc_t aug_coef =
           eps * (alpha + k.omega_sum[b]) / sigma_aug - v_dot_y / (sigma_aug * sigma_aug);
-      acc_t* d_orig = grad_orig + b * p.pixels();
-      acc_t* d_aug = grad_aug + b * p.pixels();
-      for (int64_t r = 0; r < h; ++r) {
-        for (int64_t q = 0; q < w; ++q) {
-          const int64_t at = r * w + q;
-          d_orig[at] =
-              (alpha * ws.cross_term[at] / sigma_aug + beta * ws.self_term[at] / sigma) / sigma +
-              crop_coef * ws.rows.sums[r] * ws.cols.sums[q] + frame_coef * row_sums[r] * col_sums[q];
-          d_aug[at] = (alpha * back_term[at] / sigma + d_aug[at]) / sigma_aug +
-                      aug_coef * row_sums[r] * col_sums[q];
+      if (grad_orig != nullptr) {
+        acc_t* d_orig = grad_orig + b * p.pixels();
+        for (int64_t r = 0; r < h; ++r) {
+          for (int64_t q = 0; q < w; ++q) {
+            const int64_t at = r * w + q;
+            d_orig[at] =
+                (alpha * ws.cross_term[at] / sigma_aug + beta * ws.self_term[at] / sigma) / sigma +
+                crop_coef * ws.rows.sums[r] * ws.cols.sums[q] +
+                frame_coef * row_sums[r] * col_sums[q];
+          }
+        }
+      }
+      if (grad_aug != nullptr) {
+        acc_t* d_aug = grad_aug + b * p.pixels();
+        for (int64_t r = 0; r < h; ++r) {
+          for (int64_t q = 0; q < w; ++q) {
+            const int64_t at = r * w + q;
+            d_aug[at] = (alpha * back_term[at] / sigma + d_aug[at]) / sigma_aug +
+                        aug_coef * row_sums[r] * col_sums[q];
+          }
         }
       }
     }
@@ -509,21 +527,28 @@ std::tuple<at::Tensor, at::Tensor> cgc_loss_bwd_cpu(const at::Tensor& grad,
                                                     const at::Tensor& cam_aug,
                                                     const at::Tensor& crops,
                                                     const at::Tensor& flips, double temperature,
-                                                    int64_t size) {
+                                                    int64_t size,
+                                                    const c10::List<bool>& output_mask) {
   check_inputs(kBwd, cam_orig, cam_aug, crops, flips, temperature, size);
+  const auto [want_orig, want_aug] =
+      checked_output_mask<2>(output_mask, kBwd, "cam_orig, cam_aug");
   AMC_CHECK(grad.numel() == 1, kBwd, "grad must hold one value (the loss is a scalar), got shape ",
             grad.sizes());
   const auto acc_dtype = accumulation_dtype(cam_orig);
   const int64_t batch = cam_orig.size(0);
-  if (batch == 0) {
-    return {at::zeros_like(cam_orig), at::zeros_like(cam_aug)};
+  at::Tensor grad_orig = at::empty({0}, cam_orig.options());
+  at::Tensor grad_aug = at::empty({0}, cam_aug.options());
+  if (batch == 0 || !(want_orig || want_aug)) {
+    return {want_orig ? at::zeros_like(cam_orig) : grad_orig,
+            want_aug ? at::zeros_like(cam_aug) : grad_aug};
   }
   const at::Tensor orig = cam_orig.to(acc_dtype).contiguous();
   const at::Tensor aug = cam_aug.to(acc_dtype).contiguous();
   const at::Tensor boxes = crops.to(at::kLong).contiguous();
   const at::Tensor flags = flips.to(at::kBool).contiguous();
-  at::Tensor grad_orig = at::empty({batch, orig.size(1) * orig.size(2)}, orig.options());
-  at::Tensor grad_aug;
+  at::Tensor orig_acc = want_orig ? at::empty({batch, orig.size(1) * orig.size(2)}, orig.options())
+                                  : at::Tensor();
+  at::Tensor aug_acc;
   AT_DISPATCH_FLOATING_TYPES(acc_dtype, kBwd, [&] {
     using acc_t = scalar_t;
     const acc_t upstream = grad.to(acc_dtype).item<acc_t>();
@@ -531,12 +556,19 @@ std::tuple<at::Tensor, at::Tensor> cgc_loss_bwd_cpu(const at::Tensor& grad,
     const Statistics<acc_t> stats = compute_statistics(problem, aug.view({batch, -1}));
     const Cosines<acc_t> cos = compute_cosines(problem, stats);
     const Coefficients<acc_t> k = compute_coefficients(problem, stats, cos, upstream, orig.options());
-    grad_aug = at::mm(k.omega_scaled, stats.z);
-    pull_back(problem, stats, k, grad_orig.mutable_data_ptr<acc_t>(),
-              grad_aug.mutable_data_ptr<acc_t>());
+    if (want_aug) {
+      aug_acc = at::mm(k.omega_scaled, stats.z);
+    }
+    pull_back(problem, stats, k, want_orig ? orig_acc.mutable_data_ptr<acc_t>() : nullptr,
+              want_aug ? aug_acc.mutable_data_ptr<acc_t>() : nullptr);
   });
-  return {grad_orig.view(cam_orig.sizes()).to(cam_orig.scalar_type()),
-          grad_aug.view(cam_aug.sizes()).to(cam_aug.scalar_type())};
+  if (want_orig) {
+    grad_orig = orig_acc.view(cam_orig.sizes()).to(cam_orig.scalar_type());
+  }
+  if (want_aug) {
+    grad_aug = aug_acc.view(cam_aug.sizes()).to(cam_aug.scalar_type());
+  }
+  return {grad_orig, grad_aug};
 }
 
 }  // namespace
@@ -546,4 +578,4 @@ TORCH_LIBRARY_IMPL(amc_kernels, CPU, m) {
   m.impl("cgc_loss_bwd", &cgc_loss_bwd_cpu);
 }
 
-}  // namespace amc_kernels
+}  // namespace amc_kernels::cpu

@@ -5,6 +5,8 @@
 // maps than threads): the forward adds each channel into a partial map, summed per map; the
 // backward writes dA rows and the per-map row dw[b, k] = ⟨ĝ_b, A_bk⟩, then a parallel loop over
 // channel ranges adds the rows dw[b] into dW[t_b] with the maps in order (deterministic, no race).
+// A gradient that output_mask leaves out is not computed: dA alone never reads A, and dW alone
+// writes no dA.
 // Accumulation: acc_type (fp32; fp64 for fp64 inputs); fp16/bf16 rows are converted one at a time.
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
@@ -20,10 +22,11 @@
 #include "amc_kernels/dispatch.h"
 #include "map_utils_cpu.h"
 
-namespace amc_kernels {
+namespace amc_kernels::cpu {
 namespace {
 
 constexpr const char* kOp = "class_activation_map";
+constexpr const char* kBwd = "class_activation_map_bwd";
 
 struct CamShape {
   int64_t maps;
@@ -85,7 +88,7 @@ at::Tensor class_activation_map_fwd_cpu(const at::Tensor& activations,
   }
   AMC_DISPATCH_FLOATING(a.scalar_type(), kOp, [&] {
     using acc_t = acc_type<scalar_t>;
-    const int64_t chunks = cpu::channel_chunks(shape.maps, shape.channels);
+    const int64_t chunks = channel_chunks(shape.maps, shape.channels);
     const int64_t plane = shape.plane;
     const scalar_t* a_data = a.const_data_ptr<scalar_t>();
     const scalar_t* w_data = w.const_data_ptr<scalar_t>();
@@ -95,24 +98,24 @@ at::Tensor class_activation_map_fwd_cpu(const at::Tensor& activations,
         at::zeros({shape.maps, chunks, plane}, a.options().dtype(c10::CppTypeToScalarType<acc_t>()));
     acc_t* partial = partial_all.mutable_data_ptr<acc_t>();
     auto workspace = [&] { return Workspace<acc_t>(shape); };
-    cpu::for_each_chunk(
+    for_each_chunk(
         shape.maps, shape.channels, chunks, workspace,
         [&](int64_t b, int64_t chunk, int64_t k0, int64_t k1, Workspace<acc_t>& ws) {
           const acc_t* weights =
-              cpu::read_row(w_data + t[b] * shape.channels + k0, k1 - k0, ws.weights.data());
+              read_row(w_data + t[b] * shape.channels + k0, k1 - k0, ws.weights.data());
           acc_t* raw = partial + (b * chunks + chunk) * plane;
           for (int64_t k = k0; k < k1; ++k) {
             const scalar_t* channel = a_data + (b * shape.channels + k) * plane;
-            cpu::axpy(weights[k - k0], cpu::read_row(channel, plane, ws.a_row.data()), raw, plane);
+            axpy(weights[k - k0], read_row(channel, plane, ws.a_row.data()), raw, plane);
           }
         });
     const acc_t pixels = static_cast<acc_t>(plane);
-    cpu::for_each_map(shape.maps, workspace, [&](int64_t b, Workspace<acc_t>& ws) {
+    for_each_map(shape.maps, workspace, [&](int64_t b, Workspace<acc_t>& ws) {
       acc_t* raw = partial + b * chunks * plane;
       for (int64_t chunk = 1; chunk < chunks; ++chunk) {
-        cpu::axpy(acc_t(1), raw + chunk * plane, raw, plane);
+        axpy(acc_t(1), raw + chunk * plane, raw, plane);
       }
-      cpu::write_row(result + b * plane, plane, ws.out_row.data(), [&](acc_t* dst) {
+      write_row(result + b * plane, plane, ws.out_row.data(), [&](acc_t* dst) {
         for (int64_t i = 0; i < plane; ++i) {
           dst[i] = raw[i] / pixels;
         }
@@ -122,11 +125,12 @@ at::Tensor class_activation_map_fwd_cpu(const at::Tensor& activations,
   return out;
 }
 
-std::tuple<at::Tensor, at::Tensor> class_activation_map_bwd_cpu(const at::Tensor& grad,
-                                                                const at::Tensor& activations,
-                                                                const at::Tensor& fc_weight,
-                                                                const at::Tensor& targets) {
+std::tuple<at::Tensor, at::Tensor> class_activation_map_bwd_cpu(
+    const at::Tensor& grad, const at::Tensor& activations, const at::Tensor& fc_weight,
+    const at::Tensor& targets, const c10::List<bool>& output_mask) {
   const CamShape shape = checked_shape(activations, fc_weight, targets);
+  const auto [want_a, want_w] =
+      checked_output_mask<2>(output_mask, kBwd, "activations, fc_weight");
   const at::Tensor index = checked_targets(targets, shape);
   AMC_CHECK(grad.dim() == 3 && grad.size(0) == shape.maps &&
                 grad.size(1) == activations.size(2) && grad.size(2) == activations.size(3),
@@ -135,49 +139,59 @@ std::tuple<at::Tensor, at::Tensor> class_activation_map_bwd_cpu(const at::Tensor
   const at::Tensor a = activations.contiguous();
   const at::Tensor w = fc_weight.contiguous();
   const at::Tensor upstream = grad.to(a.scalar_type()).contiguous();
-  at::Tensor grad_a = at::empty_like(a);
+  at::Tensor grad_a = want_a ? at::empty_like(a) : at::empty({0}, a.options());
   const auto acc_dtype = a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  at::Tensor grad_w_acc = at::zeros({shape.classes, shape.channels}, w.options().dtype(acc_dtype));
-  if (a.numel() == 0) {
+  at::Tensor grad_w_acc = at::empty({0}, w.options());
+  if (want_w) {
+    grad_w_acc = at::zeros({shape.classes, shape.channels}, w.options().dtype(acc_dtype));
+  }
+  if (a.numel() == 0 || !(want_a || want_w)) {
     return {grad_a, grad_w_acc.to(w.scalar_type())};
   }
   AMC_DISPATCH_FLOATING(a.scalar_type(), kOp, [&] {
     using acc_t = acc_type<scalar_t>;
-    const int64_t chunks = cpu::channel_chunks(shape.maps, shape.channels);
+    const int64_t chunks = channel_chunks(shape.maps, shape.channels);
     const int64_t plane = shape.plane;
     const int64_t channels = shape.channels;
     const scalar_t* a_data = a.const_data_ptr<scalar_t>();
     const scalar_t* w_data = w.const_data_ptr<scalar_t>();
     const scalar_t* g_data = upstream.const_data_ptr<scalar_t>();
     const int64_t* t = index.const_data_ptr<int64_t>();
-    scalar_t* da = grad_a.mutable_data_ptr<scalar_t>();
-    at::Tensor dw_all = at::empty({shape.maps, channels}, grad_w_acc.options());
-    acc_t* dw = dw_all.mutable_data_ptr<acc_t>();
+    scalar_t* da = want_a ? grad_a.mutable_data_ptr<scalar_t>() : nullptr;
+    at::Tensor dw_all = at::empty({want_w ? shape.maps : 0, channels}, grad_w_acc.options());
+    acc_t* dw = want_w ? dw_all.mutable_data_ptr<acc_t>() : nullptr;
     const acc_t pixels = static_cast<acc_t>(plane);
-    cpu::for_each_chunk(
+    for_each_chunk(
         shape.maps, channels, chunks,
         [&] { return Workspace<acc_t>(shape); },
         [&](int64_t b, int64_t, int64_t k0, int64_t k1, Workspace<acc_t>& ws) {
           acc_t* scaled = ws.scaled.data();
-          const acc_t* g = cpu::read_row(g_data + b * plane, plane, ws.out_row.data());
+          const acc_t* g = read_row(g_data + b * plane, plane, ws.out_row.data());
           for (int64_t i = 0; i < plane; ++i) {
             scaled[i] = g[i] / pixels;  // ĝ_b
           }
           const acc_t* weights =
-              cpu::read_row(w_data + t[b] * channels + k0, k1 - k0, ws.weights.data());
+              read_row(w_data + t[b] * channels + k0, k1 - k0, ws.weights.data());
           for (int64_t k = k0; k < k1; ++k) {
             const int64_t offset = (b * channels + k) * plane;
-            const acc_t* a_row = cpu::read_row(a_data + offset, plane, ws.a_row.data());
-            dw[b * channels + k] = cpu::dot(scaled, a_row, plane);
-            cpu::write_row(da + offset, plane, ws.out_row.data(), [&](acc_t* dst) {
-              cpu::scale_row(weights[k - k0], scaled, dst, plane);
-            });
+            if (dw != nullptr) {
+              const acc_t* a_row = read_row(a_data + offset, plane, ws.a_row.data());
+              dw[b * channels + k] = dot(scaled, a_row, plane);
+            }
+            if (da != nullptr) {
+              write_row(da + offset, plane, ws.out_row.data(), [&](acc_t* dst) {
+                scale_row(weights[k - k0], scaled, dst, plane);
+              });
+            }
           }
         });
+    if (dw == nullptr) {
+      return;
+    }
     acc_t* grad_w = grad_w_acc.mutable_data_ptr<acc_t>();
     at::parallel_for(0, channels, 256, [&](int64_t k0, int64_t k1) {
       for (int64_t b = 0; b < shape.maps; ++b) {
-        cpu::axpy(acc_t(1), dw + b * channels + k0, grad_w + t[b] * channels + k0, k1 - k0);
+        axpy(acc_t(1), dw + b * channels + k0, grad_w + t[b] * channels + k0, k1 - k0);
       }
     });
   });
@@ -191,4 +205,4 @@ TORCH_LIBRARY_IMPL(amc_kernels, CPU, m) {
   m.impl("class_activation_map_bwd", &class_activation_map_bwd_cpu);
 }
 
-}  // namespace amc_kernels
+}  // namespace amc_kernels::cpu

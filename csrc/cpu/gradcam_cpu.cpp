@@ -2,7 +2,7 @@
 // Formula: raw_b = Σ_k α_bk·A_bk with α_bk = mean_hw G_bk (weighting "mean"), or
 // raw_b = Σ_k G_bk ⊙ A_bk ("elementwise"); then ReLU (if relu), the bilinear resize to H'×W'
 // (align_corners=False, torch's evaluation order) and the per-map normalisation: "max"
-// x/(max+ε), "minmax" (x−min)/(max(x−min)+ε), "sum" x/(Σx+ε)+ε, with ε = 1e-8.
+// x/(max+ε), "minmax" (x−min)/(max(x−min)+ε), "sum" x/(Σx+ε)+ε, with ε = map_eps (math.h).
 // The forward returns raw [B, H, W] and α [B, K] besides the maps (O(B·(H·W + K)), against
 // the B·K·H·W inputs), so the backward never re-reads A and G to rebuild them.
 // Backward: recomputes the resized map and its statistics from raw, then goes back through the
@@ -10,11 +10,14 @@
 // transpose), the ReLU (zero gradient at 0) and the weighting:
 //   mean:        dA_bk = α_bk·dRaw_b,  dG_bk = ⟨dRaw_b, A_bk⟩/(H·W) at every pixel, returned
 //                once per channel as [B, K, 1, 1] (the caller expands it: a third less traffic);
-//   elementwise: dA = G ⊙ dRaw,        dG = A ⊙ dRaw.
+//   elementwise: dA = G ⊙ dRaw,        dG = A ⊙ dRaw;
+// a gradient that output_mask leaves out is neither allocated nor computed, and the backward
+// reads A only for dG, G only for the elementwise dA.
 // Mapping: at::parallel_for over (map, channel chunk) items, the chunks splitting K only when
 // there are fewer maps than threads: the forward's items sum partial raw maps (one pass over A
 // and G), an epilogue per map reduces them and writes the map; the backward's epilogue per map
-// gives dRaw, then its items write dA and dG (one pass over A, and G for "elementwise").
+// gives dRaw, then its items write dA and dG (at most one pass over A, and over G for
+// "elementwise").
 // Accumulation: acc_type (fp32; fp64 for fp64 inputs); fp16/bf16 rows are converted one at a time.
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
@@ -32,10 +35,11 @@
 #include "amc_kernels/math.h"
 #include "map_utils_cpu.h"
 
-namespace amc_kernels {
+namespace amc_kernels::cpu {
 namespace {
 
 constexpr const char* kOp = "gradcam";
+constexpr const char* kBwd = "gradcam_bwd";
 
 enum class Weighting { kMean, kElementwise };
 enum class Normalization { kNone, kMax, kMinMax, kSum };
@@ -105,17 +109,17 @@ template <typename acc_t>
 void normalize_map(Normalization mode, acc_t* map, int64_t n) {
   const acc_t eps = map_eps<acc_t>();
   if (mode == Normalization::kMax) {
-    const acc_t denominator = cpu::min_max(map, n).second + eps;
+    const acc_t denominator = min_max(map, n).second + eps;
     for (int64_t i = 0; i < n; ++i) {
       map[i] = map[i] / denominator;
     }
   } else if (mode == Normalization::kMinMax) {
-    const auto [lo, hi] = cpu::min_max(map, n);
+    const auto [lo, hi] = min_max(map, n);
     for (int64_t i = 0; i < n; ++i) {
       map[i] = minmax_normalized(map[i], lo, hi);
     }
   } else if (mode == Normalization::kSum) {
-    const acc_t denominator = cpu::sum_row(map, n) + eps;
+    const acc_t denominator = sum_row(map, n) + eps;
     for (int64_t i = 0; i < n; ++i) {
       map[i] = map[i] / denominator + eps;
     }
@@ -142,29 +146,29 @@ void normalize_map_backward(Normalization mode, const acc_t* map, acc_t* grad, a
   const acc_t eps = map_eps<acc_t>();
   if (mode == Normalization::kMax) {
     // out = x / d, d = max x + ε: dx = g/d, dmax = −⟨g, x⟩/d².
-    const acc_t hi = cpu::min_max(map, n).second;
+    const acc_t hi = min_max(map, n).second;
     const acc_t denominator = hi + eps;
-    const acc_t grad_max = -cpu::dot(grad, map, n) / (denominator * denominator);
-    cpu::scale_row(acc_t(1) / denominator, grad, grad, n);
+    const acc_t grad_max = -dot(grad, map, n) / (denominator * denominator);
+    scale_row(acc_t(1) / denominator, grad, grad, n);
     add_to_ties(map, hi, grad_max, grad, n);
   } else if (mode == Normalization::kMinMax) {
     // out = s / d, s = x − min, d = max s + ε: ds = g/d, dmax s = −⟨g, s⟩/d², dmin = −Σ ds.
-    const auto [lo, hi] = cpu::min_max(map, n);
+    const auto [lo, hi] = min_max(map, n);
     const acc_t range = hi - lo;
     const acc_t denominator = range + eps;
     for (int64_t i = 0; i < n; ++i) {
       shifted[i] = map[i] - lo;
     }
-    const acc_t grad_range = -cpu::dot(grad, shifted, n) / (denominator * denominator);
+    const acc_t grad_range = -dot(grad, shifted, n) / (denominator * denominator);
     for (int64_t i = 0; i < n; ++i) {
       grad[i] = grad[i] / denominator;
     }
     add_to_ties(shifted, range, grad_range, grad, n);
-    add_to_ties(map, lo, -cpu::sum_row(grad, n), grad, n);
+    add_to_ties(map, lo, -sum_row(grad, n), grad, n);
   } else if (mode == Normalization::kSum) {
     // out = x / d + ε, d = Σx + ε: dx_i = g_i/d − ⟨g, x⟩/d².
-    const acc_t denominator = cpu::sum_row(map, n) + eps;
-    const acc_t grad_sum = cpu::dot(grad, map, n) / (denominator * denominator);
+    const acc_t denominator = sum_row(map, n) + eps;
+    const acc_t grad_sum = dot(grad, map, n) / (denominator * denominator);
     for (int64_t i = 0; i < n; ++i) {
       grad[i] = grad[i] / denominator - grad_sum;
     }
@@ -224,14 +228,14 @@ class GradcamKernel {
               Workspace<acc_t>& ws) const {
     const int64_t plane = shape_.plane();
     for (int64_t k = k_begin; k < k_end; ++k) {
-      const acc_t* a = cpu::read_row(channel(activations_, b, k), plane, ws.a_row.data());
-      const acc_t* g = cpu::read_row(channel(gradients_, b, k), plane, ws.g_row.data());
+      const acc_t* a = read_row(channel(activations_, b, k), plane, ws.a_row.data());
+      const acc_t* g = read_row(channel(gradients_, b, k), plane, ws.g_row.data());
       if (weighting_ == Weighting::kMean) {
-        const acc_t alpha = cpu::sum_row(g, plane) / static_cast<acc_t>(plane);
+        const acc_t alpha = sum_row(g, plane) / static_cast<acc_t>(plane);
         alpha_[b * shape_.channels + k] = alpha;
-        cpu::axpy(alpha, a, partial, plane);
+        axpy(alpha, a, partial, plane);
       } else {
-        cpu::add_product(g, a, partial, plane);
+        add_product(g, a, partial, plane);
       }
     }
   }
@@ -271,25 +275,34 @@ class GradcamKernel {
     }
   }
 
-  // dA and dG of map b over channels [k_begin, k_end) from draw = ∂L/∂raw_b; for "mean",
-  // grad_g holds one value per channel, [B, K].
+  // dA and dG of map b over channels [k_begin, k_end) from draw = ∂L/∂raw_b, each skipped
+  // where its output is null; for "mean", grad_g holds one value per channel, [B, K].
   void channel_grads(int64_t b, int64_t k_begin, int64_t k_end, const acc_t* draw,
                      scalar_t* grad_a, scalar_t* grad_g, Workspace<acc_t>& ws) const {
     const int64_t plane = shape_.plane();
     acc_t* out = ws.out_row.data();
     for (int64_t k = k_begin; k < k_end; ++k) {
-      const acc_t* a = cpu::read_row(channel(activations_, b, k), plane, ws.a_row.data());
-      scalar_t* da = grad_a + (b * shape_.channels + k) * plane;
+      const int64_t item = b * shape_.channels + k;
       if (weighting_ == Weighting::kMean) {
-        const acc_t alpha = alpha_[b * shape_.channels + k];
-        cpu::write_row(da, plane, out, [&](acc_t* dst) { cpu::scale_row(alpha, draw, dst, plane); });
-        grad_g[b * shape_.channels + k] =
-            static_cast<scalar_t>(cpu::dot(draw, a, plane) / static_cast<acc_t>(plane));
+        if (grad_a != nullptr) {
+          write_row(grad_a + item * plane, plane, out,
+                    [&](acc_t* dst) { scale_row(alpha_[item], draw, dst, plane); });
+        }
+        if (grad_g != nullptr) {
+          const acc_t* a = read_row(channel(activations_, b, k), plane, ws.a_row.data());
+          grad_g[item] = static_cast<scalar_t>(dot(draw, a, plane) / static_cast<acc_t>(plane));
+        }
       } else {
-        scalar_t* dg = grad_g + (b * shape_.channels + k) * plane;
-        const acc_t* g = cpu::read_row(channel(gradients_, b, k), plane, ws.g_row.data());
-        cpu::write_row(da, plane, out, [&](acc_t* dst) { cpu::multiply_rows(g, draw, dst, plane); });
-        cpu::write_row(dg, plane, out, [&](acc_t* dst) { cpu::multiply_rows(a, draw, dst, plane); });
+        if (grad_a != nullptr) {
+          const acc_t* g = read_row(channel(gradients_, b, k), plane, ws.g_row.data());
+          write_row(grad_a + item * plane, plane, out,
+                    [&](acc_t* dst) { multiply_rows(g, draw, dst, plane); });
+        }
+        if (grad_g != nullptr) {
+          const acc_t* a = read_row(channel(activations_, b, k), plane, ws.a_row.data());
+          write_row(grad_g + item * plane, plane, out,
+                    [&](acc_t* dst) { multiply_rows(a, draw, dst, plane); });
+        }
       }
     }
   }
@@ -320,7 +333,7 @@ class GradcamKernel {
   Weighting weighting_;
   bool relu_;
   Normalization normalize_;
-  cpu::BilinearResize<acc_t> resize_;
+  BilinearResize<acc_t> resize_;
   const scalar_t* activations_;
   const scalar_t* gradients_;
   acc_t* raw_;    // [B, H·W]
@@ -347,7 +360,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gradcam_fwd_cpu(
   if (out.numel() == 0) {
     return {out, raw, alpha};
   }
-  const int64_t chunks = cpu::channel_chunks(shape.maps, shape.channels);
+  const int64_t chunks = channel_chunks(shape.maps, shape.channels);
   at::Tensor extra_partials = at::zeros({shape.maps, chunks - 1, shape.plane()}, acc_options);
   AMC_DISPATCH_FLOATING(a.scalar_type(), kOp, [&] {
     using acc_t = acc_type<scalar_t>;
@@ -355,16 +368,16 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gradcam_fwd_cpu(
     acc_t* extra = extra_partials.mutable_data_ptr<acc_t>();
     scalar_t* result = out.mutable_data_ptr<scalar_t>();
     auto workspace = [&] { return kernel.workspace(); };
-    cpu::for_each_chunk(shape.maps, shape.channels, chunks, workspace,
+    for_each_chunk(shape.maps, shape.channels, chunks, workspace,
                         [&](int64_t b, int64_t chunk, int64_t k0, int64_t k1, auto& ws) {
                           kernel.gather(b, k0, k1, kernel.partial_raw(b, chunk, extra, chunks), ws);
                         });
-    cpu::for_each_map(shape.maps, workspace, [&](int64_t b, Workspace<acc_t>& ws) {
+    for_each_map(shape.maps, workspace, [&](int64_t b, Workspace<acc_t>& ws) {
       acc_t* raw_b = kernel.partial_raw(b, 0, extra, chunks);
       for (int64_t chunk = 1; chunk < chunks; ++chunk) {
-        cpu::axpy(acc_t(1), kernel.partial_raw(b, chunk, extra, chunks), raw_b, shape.plane());
+        axpy(acc_t(1), kernel.partial_raw(b, chunk, extra, chunks), raw_b, shape.plane());
       }
-      cpu::write_row(result + b * shape.out_plane(), shape.out_plane(), ws.out_row.data(),
+      write_row(result + b * shape.out_plane(), shape.out_plane(), ws.out_row.data(),
                      [&](acc_t* dst) { kernel.finish_map(b, dst, ws); });
     });
   });
@@ -374,8 +387,11 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gradcam_fwd_cpu(
 std::tuple<at::Tensor, at::Tensor> gradcam_bwd_cpu(
     const at::Tensor& grad, const at::Tensor& activations, const at::Tensor& gradients,
     const at::Tensor& raw, const at::Tensor& alpha, const std::string& weighting, bool relu,
-    const std::string& normalize, at::IntArrayRef output_size) {
+    const std::string& normalize, at::IntArrayRef output_size,
+    const c10::List<bool>& output_mask) {
   const MapShape shape = map_shape(activations, gradients, output_size);
+  const auto [want_a, want_g] =
+      checked_output_mask<2>(output_mask, kBwd, "activations, gradients");
   const Weighting mode = parse_weighting(weighting);
   const Normalization norm = parse_normalization(normalize);
   AMC_CHECK(grad.dim() == 3 && grad.size(0) == shape.maps && grad.size(1) == shape.out_height &&
@@ -395,29 +411,32 @@ std::tuple<at::Tensor, at::Tensor> gradcam_bwd_cpu(
   const at::Tensor upstream = grad.to(a.scalar_type()).contiguous();
   const at::Tensor raw_data = raw.contiguous();
   const at::Tensor alpha_data = alpha.contiguous();
-  at::Tensor grad_a = at::empty_like(a);
-  at::Tensor grad_g = mode == Weighting::kMean
-                          ? at::empty({shape.maps, shape.channels, 1, 1}, g.options())
-                          : at::empty_like(g);
-  if (a.numel() == 0) {
+  at::Tensor grad_a = want_a ? at::empty_like(a) : at::empty({0}, a.options());
+  at::Tensor grad_g = at::empty({0}, g.options());
+  if (want_g) {
+    grad_g = mode == Weighting::kMean
+                 ? at::empty({shape.maps, shape.channels, 1, 1}, g.options())
+                 : at::empty_like(g);
+  }
+  if (a.numel() == 0 || !(want_a || want_g)) {
     return {grad_a, grad_g};
   }
   AMC_DISPATCH_FLOATING(a.scalar_type(), kOp, [&] {
     using acc_t = acc_type<scalar_t>;
     const GradcamKernel<scalar_t> kernel(shape, mode, relu, norm, a, g, raw_data, alpha_data);
     const scalar_t* upstream_data = upstream.const_data_ptr<scalar_t>();
-    scalar_t* da = grad_a.mutable_data_ptr<scalar_t>();
-    scalar_t* dg = grad_g.mutable_data_ptr<scalar_t>();
+    scalar_t* da = want_a ? grad_a.mutable_data_ptr<scalar_t>() : nullptr;
+    scalar_t* dg = want_g ? grad_g.mutable_data_ptr<scalar_t>() : nullptr;
     at::Tensor draw_all = at::empty({shape.maps, shape.plane()}, a.options().dtype(acc));
     acc_t* draw = draw_all.mutable_data_ptr<acc_t>();
     auto workspace = [&] { return kernel.workspace(); };
-    cpu::for_each_map(shape.maps, workspace, [&](int64_t b, Workspace<acc_t>& ws) {
+    for_each_map(shape.maps, workspace, [&](int64_t b, Workspace<acc_t>& ws) {
       const int64_t out_plane = shape.out_plane();
       const acc_t* upstream_b =
-          cpu::read_row(upstream_data + b * out_plane, out_plane, ws.out_row.data());
+          read_row(upstream_data + b * out_plane, out_plane, ws.out_row.data());
       kernel.map_backward(b, upstream_b, draw + b * shape.plane(), ws);
     });
-    cpu::for_each_chunk(shape.maps, shape.channels, cpu::channel_chunks(shape.maps, shape.channels),
+    for_each_chunk(shape.maps, shape.channels, channel_chunks(shape.maps, shape.channels),
                         workspace, [&](int64_t b, int64_t, int64_t k0, int64_t k1, auto& ws) {
                           kernel.channel_grads(b, k0, k1, draw + b * shape.plane(), da, dg, ws);
                         });
@@ -432,4 +451,4 @@ TORCH_LIBRARY_IMPL(amc_kernels, CPU, m) {
   m.impl("gradcam_bwd", &gradcam_bwd_cpu);
 }
 
-}  // namespace amc_kernels
+}  // namespace amc_kernels::cpu

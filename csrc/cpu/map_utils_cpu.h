@@ -14,8 +14,7 @@
 
 #include "amc_kernels/math.h"
 
-namespace amc_kernels {
-namespace cpu {
+namespace amc_kernels::cpu {
 
 // ---- rows in any dtype -------------------------------------------------------------------
 
@@ -238,5 +237,4 @@ class BilinearResize {
   std::vector<LinearTap<acc_t>> cols_;
 };
 
-}  // namespace cpu
-}  // namespace amc_kernels
+}  // namespace amc_kernels::cpu

@@ -1,11 +1,12 @@
 // saliency_mask_fwd on CPU (DESIGN §2.7); not differentiable.
-// Formula: s = bilinear(saliency_b → H×W) (align_corners=False, torch's evaluation order), then
-// e = (s − min s)/((max s − min s) + 1e-8) with the reference's arithmetic in the saliency's
-// acc_type (fp32; fp64 for fp64 saliency). keep = e > threshold, the threshold rounded to that
-// dtype as torch compares a tensor with a Python float; or, with top_fraction f, the
-// k = ⌊f·H·W + ½⌋ largest e with ties to the lower flat index (the reference's stable
-// descending sort): v = the k-th largest e (nth_element), keep every e > v and the first
-// k − #{e > v} pixels with e == v in index order. masked = keep ? image : fill, every channel.
+// Formula: s = bilinear(saliency_b → H×W) (align_corners=False, torch's evaluation order),
+// then e = (s − min s)/((max s − min s) + ε) (minmax_normalized, ε = map_eps of math.h) with
+// the reference's arithmetic in the saliency's acc_type (fp32; fp64 for fp64 saliency).
+// keep = e > threshold, the threshold rounded to that dtype as torch compares a tensor with a
+// Python float; or, with top_fraction f, the k = ⌊f·H·W + ½⌋ largest e with ties to the lower
+// flat index (the reference's stable descending sort): v = the k-th largest e (nth_element),
+// keep every e > v and the first k − #{e > v} pixels with e == v in index order.
+// masked = keep ? image : fill, every channel.
 // Decisions match the reference exactly whenever e is computed to the same bits; the resize
 // can differ from torch's by an ulp (FMA contraction inside ATen), which matters only for a
 // pixel within an ulp of the threshold or of the k-th value.
@@ -31,7 +32,7 @@
 #include "amc_kernels/math.h"
 #include "map_utils_cpu.h"
 
-namespace amc_kernels {
+namespace amc_kernels::cpu {
 namespace {
 
 constexpr const char* kOp = "saliency_mask";
@@ -64,7 +65,7 @@ void saliency_keep(const at::Tensor& saliency, int64_t height, int64_t width, do
   const int64_t source_plane = saliency.size(1) * saliency.size(2);
   const int64_t plane = height * width;
   const bool resized = saliency.size(1) != height || saliency.size(2) != width;
-  const cpu::BilinearResize<acc_t> resize(saliency.size(1), saliency.size(2), height, width);
+  const BilinearResize<acc_t> resize(saliency.size(1), saliency.size(2), height, width);
   const scalar_t* data = saliency.const_data_ptr<scalar_t>();
   const acc_t cut = static_cast<acc_t>(threshold);
   const auto kept = static_cast<int64_t>(top_fraction * static_cast<double>(plane) + 0.5);
@@ -72,13 +73,13 @@ void saliency_keep(const at::Tensor& saliency, int64_t height, int64_t width, do
     std::vector<acc_t> source(source_plane), e(plane), scratch(resize.scratch_size());
     std::vector<acc_t> order;
     for (int64_t b = begin; b < end; ++b) {
-      const acc_t* s = cpu::read_row(data + b * source_plane, source_plane, source.data());
+      const acc_t* s = read_row(data + b * source_plane, source_plane, source.data());
       if (resized) {
         resize.apply(s, e.data(), scratch.data());
       } else {
         std::copy(s, s + plane, e.data());
       }
-      const auto [lo, hi] = cpu::min_max(e.data(), plane);
+      const auto [lo, hi] = min_max(e.data(), plane);
       for (int64_t i = 0; i < plane; ++i) {
         e[i] = minmax_normalized(e[i], lo, hi);
       }
@@ -163,4 +164,4 @@ std::tuple<at::Tensor, at::Tensor> saliency_mask_fwd_cpu(const at::Tensor& image
 
 TORCH_LIBRARY_IMPL(amc_kernels, CPU, m) { m.impl("saliency_mask_fwd", &saliency_mask_fwd_cpu); }
 
-}  // namespace amc_kernels
+}  // namespace amc_kernels::cpu

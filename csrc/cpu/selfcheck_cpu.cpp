@@ -11,7 +11,7 @@
 #include "amc_kernels/dispatch.h"
 #include "amc_kernels/math.h"
 
-namespace amc_kernels {
+namespace amc_kernels::cpu {
 namespace {
 
 constexpr const char* kOp = "_selfcheck_row_logsumexp";
@@ -47,4 +47,4 @@ TORCH_LIBRARY_IMPL(amc_kernels, CPU, m) {
   m.impl("_selfcheck_row_logsumexp", &selfcheck_row_logsumexp_cpu);
 }
 
-}  // namespace amc_kernels
+}  // namespace amc_kernels::cpu

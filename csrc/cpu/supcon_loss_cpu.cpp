@@ -1,7 +1,8 @@
 // supcon_loss_fwd and supcon_loss_bwd on CPU (DESIGN §2.3).
 //
 // Formula. The contrast rows are the views stacked view-major (row r = v·N + n, R = V·N rows),
-// then the M negatives: C = R + M rows z_r, L2-normalised (z / max(‖z‖, 1e-12)) when `normalize`.
+// then the M negatives: C = R + M rows z_r, L2-normalised (z / max(‖z‖, ε), ε = norm_eps of
+// math.h) when `normalize`.
 // The anchors are rows [0, A): A = R ("all") or N ("one", view 0). With l_ac = ⟨z_a, z_c⟩ / T,
 //   lse_a  = log Σ_{c ≠ a} exp(l_ac)                       (every contrast row and negative),
 //   |P_a|  = V·count[y_a] − 1                               (same-class contrast rows but a),
@@ -56,6 +57,7 @@
 #include "amc_kernels/checks.h"
 #include "amc_kernels/dispatch.h"
 #include "amc_kernels/math.h"
+#include "tile_utils_cpu.h"
 
 // A row loop compiled for AVX-512, AVX2 (with FMA) and the baseline ISA; the loader picks the
 // widest one the CPU supports (gcc function multiversioning).
@@ -71,7 +73,6 @@ namespace {
 
 constexpr const char* kFwd = "supcon_loss_fwd";
 constexpr const char* kBwd = "supcon_loss_bwd";
-constexpr double kNormEps = 1e-12;  // F.normalize's eps
 // Rows and columns of one GEMM tile: 256 × 256 fp32 logits stay in a core's L2 cache.
 constexpr int64_t kGemmTile = 256;
 // Below this many multiply-adds in the logits (A·C·D) the work runs on the calling thread in
@@ -120,11 +121,6 @@ void check_inputs(const char* op, const at::Tensor& features,
             "reduction must be 'mean', 'sum' or 'none', got '", reduction, "'");
 }
 
-// fp64 for fp64 features, fp32 otherwise.
-at::ScalarType compute_dtype(at::ScalarType dtype) {
-  return dtype == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 // Row r of a stacked [rows, D] matrix stored in a strided tensor: view-major rows of [N, V, D]
 // (r = v·N + n), or the rows of [M, D] (one "view").
 template <typename T>
@@ -165,7 +161,7 @@ void load_rows(StridedRows<const scalar_t> source, int64_t count, int64_t dim, b
       }
       norms[r] = std::sqrt(squares);
       if (normalize) {
-        const acc_t denominator = std::max(norms[r], static_cast<acc_t>(kNormEps));
+        const acc_t denominator = std::max(norms[r], norm_eps<acc_t>());
         for (int64_t j = 0; j < dim; ++j) {
           out[j] /= denominator;
         }
@@ -186,13 +182,13 @@ void store_input_grad(const acc_t* grad_z, const acc_t* z, const acc_t* norms, i
       scalar_t* out = target.row(r);
       acc_t radial = 0;
       acc_t inverse = 1;
-      if (normalize && norms[r] > static_cast<acc_t>(kNormEps)) {
+      if (normalize && norms[r] > norm_eps<acc_t>()) {
         for (int64_t j = 0; j < dim; ++j) {
           radial += unit[j] * g[j];
         }
         inverse = acc_t(1) / norms[r];
       } else if (normalize) {
-        inverse = acc_t(1) / static_cast<acc_t>(kNormEps);
+        inverse = acc_t(1) / norm_eps<acc_t>();
       }
       for (int64_t j = 0; j < dim; ++j) {
         out[j * target.element_stride] = static_cast<scalar_t>((g[j] - unit[j] * radial) * inverse);
@@ -202,11 +198,6 @@ void store_input_grad(const acc_t* grad_z, const acc_t* z, const acc_t* norms, i
 }
 
 // ---- the problem ---------------------------------------------------------------------------
-
-struct Span {
-  int64_t begin;
-  int64_t size;
-};
 
 // Rows [begin, end) cut into tiles of `tile` rows (the last one shorter).
 struct Tiling {
@@ -303,11 +294,7 @@ Problem make_problem(const at::Tensor& features, const std::optional<at::Tensor>
 
 // ---- task schedule -------------------------------------------------------------------------
 
-struct TilePair {
-  int64_t first;   // an anchor task tile
-  int64_t second;  // an anchor task tile (symmetric tasks) or an other-column task tile
-};
-
+// An anchor task tile and an anchor task tile (symmetric tasks) or an other-column task tile.
 using Round = std::vector<TilePair>;
 
 // Every anchor task tile pair I ≤ J once, in rounds in which no tile appears twice: the
@@ -563,11 +550,34 @@ void mirror_upper_triangle(acc_t* g, int64_t n) {
   }
 }
 
+// The rows of dZ that a backward fills: [0, R) for grad_features, [R, C) for grad_negatives.
+struct WantedRows {
+  bool features;
+  bool negatives;
+
+  // The other columns [A, C) whose rows are wanted: [A, R) with the features, [R, C) with the
+  // negatives.
+  Span others(const Problem& p) const {
+    const int64_t begin = features ? p.anchors : p.rows;
+    return {begin, (negatives ? p.columns : p.rows) - begin};
+  }
+};
+
+// The columns of `cols` within `wanted`, as an offset into cols and a size (0 if none).
+Span overlap(Span cols, Span wanted) {
+  const int64_t begin = std::max(cols.begin, wanted.begin);
+  const int64_t end = std::min(cols.begin + cols.size, wanted.begin + wanted.size);
+  return {begin - cols.begin, std::max<int64_t>(0, end - begin)};
+}
+
 // dZ += the softmax part of dL/dZ: Σ_{a, c ≠ a} coef_a·p_ac·(z_c on row a, z_a on row c), with
 // coef_a = k·w_a/T for anchors with positives and 0 otherwise; shift_a = lse_a (+inf where
-// coef_a = 0, so that exp gives 0 and never meets a −inf lse).
+// coef_a = 0, so that exp gives 0 and never meets a −inf lse). Only the wanted rows: the anchor
+// rows (and the symmetric tiles, which feed nothing else) with the features, the GEMMs into
+// other columns only for those wanted.
 template <typename acc_t>
-void add_softmax_grad(const Problem& p, const acc_t* coef, const acc_t* shift, at::Tensor& grad_z) {
+void add_softmax_grad(const Problem& p, const acc_t* coef, const acc_t* shift, WantedRows wanted,
+                      at::Tensor& grad_z) {
   const auto symmetric_tile = [&](Span rows, Span cols, bool diagonal, Scratch<acc_t>& scratch) {
     at::Tensor g = logit_tile(p, rows, cols, scratch.buffer);
     acc_t* values = g.mutable_data_ptr<acc_t>();
@@ -586,15 +596,25 @@ void add_softmax_grad(const Problem& p, const acc_t* coef, const acc_t* shift, a
       grad_z.narrow(0, cols.begin, cols.size).addmm_(g.t(), z_rows);
     }
   };
+  const Span others = wanted.others(p);
   const auto one_sided_tile = [&](Span rows, Span cols, Scratch<acc_t>& scratch) {
+    const Span kept = overlap(cols, others);  // offset into cols
+    if (!wanted.features && kept.size == 0) {
+      return;
+    }
     at::Tensor g = logit_tile(p, rows, cols, scratch.buffer);
     acc_t* values = g.mutable_data_ptr<acc_t>();
     for (int64_t i = 0; i < rows.size; ++i) {
       anchor_grad_row(values + i * cols.size, coef[rows.begin + i], shift[rows.begin + i],
                       cols.size);
     }
-    grad_z.narrow(0, rows.begin, rows.size).addmm_(g, p.z.narrow(0, cols.begin, cols.size));
-    grad_z.narrow(0, cols.begin, cols.size).addmm_(g.t(), p.z.narrow(0, rows.begin, rows.size));
+    if (wanted.features) {
+      grad_z.narrow(0, rows.begin, rows.size).addmm_(g, p.z.narrow(0, cols.begin, cols.size));
+    }
+    if (kept.size > 0) {
+      grad_z.narrow(0, cols.begin + kept.begin, kept.size)
+          .addmm_(g.t().narrow(0, kept.begin, kept.size), p.z.narrow(0, rows.begin, rows.size));
+    }
   };
   const auto symmetric = [&](TilePair pair, Scratch<acc_t>& scratch) {
     for_each_gemm_tile(p, p.anchor_tasks.span(pair.first), p.anchor_tasks.span(pair.second),
@@ -608,7 +628,9 @@ void add_softmax_grad(const Problem& p, const acc_t* coef, const acc_t* shift, a
                          one_sided_tile(rows, cols, scratch);
                        });
   };
-  run_rounds<acc_t>(symmetric_rounds(p.anchor_tasks.count()), p, symmetric);
+  if (wanted.features) {
+    run_rounds<acc_t>(symmetric_rounds(p.anchor_tasks.count()), p, symmetric);
+  }
   run_rounds<acc_t>(one_sided_rounds(p.anchor_tasks.count(), p.other_tasks.count()), p, one_sided);
 }
 
@@ -678,15 +700,25 @@ at::Tensor anchor_weights(const at::Tensor& grad, int64_t anchors, const std::st
 std::tuple<at::Tensor, at::Tensor> supcon_loss_bwd_cpu(
     const at::Tensor& grad, const at::Tensor& features, const std::optional<at::Tensor>& labels,
     const std::optional<at::Tensor>& negatives, const at::Tensor& lse, double temperature,
-    double base_temperature, std::string contrast_mode, bool normalize, std::string reduction) {
+    double base_temperature, std::string contrast_mode, bool normalize, std::string reduction,
+    const c10::List<bool>& output_mask) {
   check_inputs(kBwd, features, labels, negatives, temperature, base_temperature, contrast_mode,
                reduction);
+  const auto [want_features, want_negatives] =
+      checked_output_mask<2>(output_mask, kBwd, "features, negatives");
+  const WantedRows wanted{want_features, want_negatives && negatives.has_value()};
   const Problem p = make_problem(features, labels, negatives, temperature, base_temperature,
                                  contrast_mode, normalize);
   const auto dtype = p.z.scalar_type();
   AMC_CHECK(lse.dim() == 1 && lse.size(0) == p.anchors && lse.scalar_type() == dtype, kBwd,
             "lse must be the [", p.anchors, "] ", dtype, " statistics of supcon_loss_fwd, got ",
             lse.sizes(), " ", lse.scalar_type());
+  at::Tensor grad_features = at::empty({0}, features.options());
+  at::Tensor grad_negatives =
+      at::empty({0}, negatives.has_value() ? negatives->options() : features.options());
+  if (!wanted.features && !wanted.negatives) {
+    return {grad_features, grad_negatives};
+  }
   const at::Tensor with_positives = p.positives > 0;
   const at::Tensor coef = at::where(
       with_positives, anchor_weights(grad, p.anchors, reduction, dtype) * (p.scale / temperature),
@@ -696,23 +728,26 @@ std::tuple<at::Tensor, at::Tensor> supcon_loss_bwd_cpu(
   at::Tensor grad_z = at::zeros_like(p.z);
   AT_DISPATCH_FLOATING_TYPES(dtype, kBwd, [&] {
     add_softmax_grad<scalar_t>(p, coef.contiguous().const_data_ptr<scalar_t>(),
-                               shift.contiguous().const_data_ptr<scalar_t>(), grad_z);
+                               shift.contiguous().const_data_ptr<scalar_t>(), wanted, grad_z);
   });
-  subtract_positive_grad(p, coef, grad_z);
-
-  at::Tensor grad_features = at::empty(features.sizes(), features.options());
-  at::Tensor grad_negatives =
-      negatives.has_value() ? at::empty(negatives->sizes(), negatives->options())
-                            : at::empty({0}, features.options());
+  if (wanted.features) {
+    subtract_positive_grad(p, coef, grad_z);
+    grad_features = at::empty(features.sizes(), features.options());
+  }
+  if (wanted.negatives) {
+    grad_negatives = at::empty(negatives->sizes(), negatives->options());
+  }
   const int64_t dim = features.size(2);
   AMC_DISPATCH_FLOATING(features.scalar_type(), kBwd, [&] {
     using acc_t = acc_type<scalar_t>;
     const acc_t* gz = grad_z.const_data_ptr<acc_t>();
     const acc_t* z = p.z.const_data_ptr<acc_t>();
     const acc_t* norms = p.norms.const_data_ptr<acc_t>();
-    store_input_grad(gz, z, norms, p.rows, dim, normalize,
-                     view_major_rows(grad_features.mutable_data_ptr<scalar_t>(), grad_features));
-    if (negatives.has_value()) {
+    if (wanted.features) {
+      store_input_grad(gz, z, norms, p.rows, dim, normalize,
+                       view_major_rows(grad_features.mutable_data_ptr<scalar_t>(), grad_features));
+    }
+    if (wanted.negatives) {
       store_input_grad(gz + p.rows * dim, z + p.rows * dim, norms + p.rows, p.columns - p.rows,
                        dim, normalize,
                        plain_rows(grad_negatives.mutable_data_ptr<scalar_t>(), grad_negatives));

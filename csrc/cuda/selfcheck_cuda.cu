@@ -12,9 +12,9 @@
 #include "amc_kernels/dispatch.h"
 #include "common.cuh"
 
-namespace amc_kernels {
+namespace amc_kernels::cuda {
 
-int cuda_runtime_version() { return CUDART_VERSION; }
+int runtime_version() { return CUDART_VERSION; }
 
 namespace {
 
@@ -29,7 +29,7 @@ __global__ void row_logsumexp_kernel(const scalar_t* __restrict__ x, acc_t* __re
   for (int64_t c = threadIdx.x; c < cols; c += blockDim.x) {
     state.push(static_cast<acc_t>(x[row * cols + c]));
   }
-  state = cuda::block_reduce_lse(state);
+  state = block_reduce_lse(state);
   if (threadIdx.x == 0) {
     out[row] = state.value();
   }
@@ -62,4 +62,4 @@ TORCH_LIBRARY_IMPL(amc_kernels, CUDA, m) {
   m.impl("_selfcheck_row_logsumexp", &selfcheck_row_logsumexp_cuda);
 }
 
-}  // namespace amc_kernels
+}  // namespace amc_kernels::cuda
