@@ -36,6 +36,10 @@ Arguments = dict[str, Any]
 DIFFERENTIABLE = tuple(op for op in OPS if SPECS[op].differentiable)
 #: Absolute floors of the low-precision rule, per compute dtype of the inputs.
 FLOOR = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+#: The largest default batch of a sample under the Triton interpreter.
+INTERPRETER_BATCH = 4
+#: The largest cgc_loss frame (size) of a sample under the Triton interpreter.
+INTERPRETER_FRAME = 12
 #: |e − boundary| under which a backend's keep decision may follow its own rounding.
 MASK_NEAR = 1e-5
 
@@ -193,9 +197,10 @@ Build = Callable[[Draw, int, bool], Arguments]
 @dataclass(frozen=True)
 class Variant:
     """A named sample of an op: ``build(draw, batch, small)`` gives the tensors and the options
-    that differ from the spec's defaults. ``batch`` is the default batch; ``small_batch`` and
-    ``small`` (more than one tile of the Triton interpreter, whose tiles are small) replace the
-    shapes where the kernels run interpreted. ``large`` marks shapes beyond one tile of the
+    that differ from the spec's defaults. ``batch`` is the default batch. Where the kernels run
+    under the Triton interpreter (slow, with small tiles), ``small`` asks for smaller shapes that
+    still span more than one of its tiles, and ``small_batch`` (by default the batch, at most
+    INTERPRETER_BATCH) replaces the batch. ``large`` marks shapes beyond one tile of the
     compiled kernels (checked with cheaper gradient checks)."""
 
     name: str
@@ -204,13 +209,21 @@ class Variant:
     small_batch: int | None = None
     large: bool = False
 
+    def default_batch(self, small: bool) -> int:
+        if not small:
+            return self.batch
+        if self.small_batch is not None:
+            return self.small_batch
+        return min(self.batch, INTERPRETER_BATCH)
+
 
 def _angular_distance_variants() -> list[Variant]:
     def pair(d: int, m: int | None) -> Build:
         return lambda r, n, small: {"x": r.normal(n, d), "y": None if m is None else r.normal(m, d)}
 
     def multi_tile(with_y: bool) -> Build:
-        # 131 × 517 rows: more than one 128 × 512 tile of the C++ kernel in each direction.
+        # 131 × 517 rows: more than one 128 × 512 tile of the C++ kernel in each direction
+        # (37 × 40: more than one 16-row tile of the interpreter's)
         def build(r: Draw, n: int, small: bool) -> Arguments:
             d, m = (16, 40) if small else (9, 517)
             return {"x": r.normal(n, d), "y": r.normal(m, d) if with_y else None}
@@ -225,6 +238,7 @@ def _angular_distance_variants() -> list[Variant]:
         Variant("1x1x1-y=None", pair(1, None), 1),
         Variant("D=0-x-y", pair(0, 2), 3),
         Variant("D=0-y=None", pair(0, None), 3),
+        Variant("M=0", pair(3, 0), 4),  # y without rows: an [N, 0] result
         Variant("multi-tile-x-y", multi_tile(True), 131, 37, large=True),
         Variant("multi-tile-y=None", multi_tile(False), 300, 37, large=True),
     ]
@@ -241,36 +255,34 @@ def _amc_loss_variants() -> list[Variant]:
         }
 
     grid = [(p, red) for p in ("all", "halves") for red in ("mean", "sum", "none")]
+    # 300 rows: several all-pairs tiles of the C++ kernel (37: of the interpreter's 16 rows)
+    many = (("all", "none"), ("halves", "none"), ("all", "mean"), ("halves", "sum"))
     return [
         Variant("default", build("all", "mean"), 12),
         *(Variant(f"n{n}-{p}-{red}", build(p, red), n) for n in (1, 2, 7) for p, red in grid),
-        # 300 rows: several all-pairs tiles of the C++ kernel (37: of the interpreter's 16)
-        *(
-            Variant(f"multi-tile-{p}-none", build(p, "none"), 300, 37, True)
-            for p in ("all", "halves")
-        ),
+        *(Variant(f"multi-tile-{p}-{red}", build(p, red), 300, 37, True) for p, red in many),
     ]
 
 
 def _supcon_loss_variants() -> list[Variant]:
     def build(
-        views: int,
-        d: int,
-        m: int,
+        shape: tuple[int, int, int],
         mode: str = "all",
         labeled: bool = True,
         reduction: str = "mean",
         normalize: bool = True,
         flat: bool = False,
+        small_shape: tuple[int, int, int] | None = None,
     ) -> Build:
+        """shape = (V, D, M): views, features, negatives (0: None); flat: [N, D] features."""
+
         def make(r: Draw, n: int, small: bool) -> Arguments:
-            v, dim, neg = (2, 16, 5) if small and n > 16 else (views, d, m)
+            views, d, m = small_shape if small and small_shape else shape
             scale = 1.0 if normalize else 0.25  # unnormalised rows of norm ~1: sane logits
-            shape = (n, dim) if flat else (n, v, dim)
             return {
-                "features": r.normal(*shape, scale=scale),
+                "features": r.normal(*((n, d) if flat else (n, views, d)), scale=scale),
                 "labels": r.integers(4, n) if labeled else None,
-                "negatives": r.normal(neg, dim, scale=scale) if neg else None,
+                "negatives": r.normal(m, d, scale=scale) if m else None,
                 "temperature": 0.2,
                 "contrast_mode": mode,
                 "normalize": normalize,
@@ -279,32 +291,44 @@ def _supcon_loss_variants() -> list[Variant]:
 
         return make
 
-    out = [Variant("default", build(2, 16, 5), 12)]
     cases = [(mode, labeled) for mode in ("all", "one") for labeled in (True, False)]
 
     def tag(mode: str, labeled: bool) -> str:
         return f"{mode}-{'labels' if labeled else 'simclr'}"
 
-    # (N, V, D, M) = (1, 1, 3, 0): one row, no positive, no negatives
-    out += [Variant(f"single-{tag(*c)}", build(1, 3, 0, *c, "none"), 1) for c in cases]
-    for name, (views, d, m, n) in {"one-view": (1, 4, 2, 9), "odd": (3, 5, 3, 7)}.items():
+    out = [Variant("default", build((2, 16, 5)), 12)]
+    # one row: no positive (V = 1), with negatives, with two views
+    out += [Variant(f"single-{tag(*c)}", build((1, 3, 0), *c, "none"), 1) for c in cases]
+    out += [
+        Variant("single-negatives", build((1, 3, 2), "all", True, "none"), 1),
+        Variant("single-two-views", build((2, 3, 0), "one", False, "mean"), 1),
+    ]
+    for name, (shape, n) in {"one-view": ((1, 4, 2), 9), "odd": ((3, 5, 3), 7)}.items():
         out += [
-            Variant(f"{name}-{tag(*c)}-{red}", build(views, d, m, *c, red), n)
+            Variant(f"{name}-{tag(*c)}-{red}", build(shape, *c, red), n)
             for c in cases
             for red in ("mean", "sum", "none")
         ]
     out += [
-        Variant(f"2d-{tag('all', lab)}", build(1, 4, 0, "all", lab, flat=True), 9)
+        Variant(f"2d-{tag('all', lab)}", build((1, 4, 0), "all", lab, flat=True), 9)
         for lab in (True, False)
     ]
     reductions = ("mean", "sum", "none", "mean")
     out += [
-        Variant(f"raw-{tag(*c)}-{red}", build(2, 5, 3, *c, red, normalize=False), 7)
+        Variant(f"raw-{tag(*c)}-{red}", build((2, 5, 3), *c, red, normalize=False), 7)
         for c, red in zip(cases, reductions, strict=True)
     ]
     # 80 × 3 rows of 48 features: several task tiles of the C++ kernel, the last one partial
+    # (9 × 2 rows: more than one 16-row tile of the interpreter's)
     out += [
-        Variant(f"multi-tile-{tag(*c)}", build(3, 48, 37, *c, "none"), 80, 9, True) for c in cases
+        Variant(
+            f"multi-tile-{tag(*c)}",
+            build((3, 48, 37), *c, "none", small_shape=(2, 16, 5)),
+            80,
+            9,
+            large=True,
+        )
+        for c in cases
     ]
     return out
 
@@ -318,9 +342,9 @@ GRADCAM_OPTIONS = {
     "mean-sum-same": ("mean", True, "sum", "same"),
 }
 GRADCAM_SHAPES = {
-    # [K, H, W] and the batch: one channel, odd sizes, fewer maps than threads (the C++ kernel
-    # splits K into chunks), more channels than one chunk on several maps; and, under the
-    # interpreter, more channels and pixels than one 16 × 4 tile.
+    # [K, H, W], the batch, and [K, H, W] under the interpreter: one channel, odd sizes, fewer
+    # maps than threads (the C++ kernel splits K into chunks), more channels than one chunk on
+    # several maps (under the interpreter: more channels and pixels than one 16 × 4 tile).
     "1x1x3x4": ((1, 3, 4), 1, None),
     "odd": ((7, 5, 6), 3, None),
     "one-map": ((48, 6, 5), 1, (9, 5, 7)),
@@ -329,7 +353,7 @@ GRADCAM_SHAPES = {
 
 
 def _gradcam_variants() -> list[Variant]:
-    def build(options: tuple, chw: tuple[int, int, int], small_chw: tuple | None) -> Build:
+    def build(options: tuple, chw: tuple[int, int, int], small_chw: tuple | None = None) -> Build:
         weighting, relu, normalize, size = options
 
         def make(r: Draw, n: int, small: bool) -> Arguments:
@@ -345,18 +369,16 @@ def _gradcam_variants() -> list[Variant]:
 
         return make
 
-    out = [Variant("default", build(("mean", True, None, (9, 7)), (8, 5, 6), None), 12)]
+    out = [Variant("default", build(("mean", True, None, (9, 7)), (8, 5, 6)), 12)]
     for shape, (chw, n, small_chw) in GRADCAM_SHAPES.items():
         for name, options in GRADCAM_OPTIONS.items():
-            out.append(
-                Variant(f"{shape}-{name}", build(options, chw, small_chw), n, large=bool(small_chw))
-            )
-    out.append(
-        Variant("one-pixel-mean-max-up", build(("mean", True, "max", (3, 2)), (1, 1, 1), None), 1)
-    )
-    out.append(
-        Variant("K=0-elem-plain", build(("elementwise", True, None, None), (0, 4, 5), None), 2)
-    )
+            make = build(options, chw, small_chw)
+            out.append(Variant(f"{shape}-{name}", make, n, large=small_chw is not None))
+    out += [
+        # a 1×1 map resized: constant, its maximum tied everywhere
+        Variant("one-pixel-mean-max-up", build(("mean", True, "max", (3, 2)), (1, 1, 1)), 1),
+        Variant("K=0-elem-plain", build(("elementwise", True, None, None), (0, 4, 5)), 2),
+    ]
     return out
 
 
@@ -373,12 +395,13 @@ def _class_activation_map_variants() -> list[Variant]:
         return make
 
     return [
-        Variant("default", build(8, 5, 6, 4), 12),
+        Variant("default", build(8, 5, 6, 4), 12),  # 12 maps on 4 classes: dW rows accumulate
         Variant("1x1x1x1", build(1, 1, 1, 1), 1),
         Variant("odd", build(7, 5, 6, 4), 3),
         # fewer maps than threads: the C++ kernel splits K into chunks
         Variant("one-map", build(48, 6, 5, 3, (9, 5, 7, 3)), 1, large=True),
-        # more channels than one chunk on several maps, fewer classes than maps
+        # more channels than one chunk on several maps (more than one 4 × 16 interpreter tile,
+        # fewer classes than maps)
         Variant("wide", build(67, 7, 7, 10, (9, 5, 7, 3)), 6, 5, large=True),
         Variant("K=0", build(0, 4, 5, 2), 2),
     ]
@@ -401,29 +424,28 @@ def _edge_crops(size: int) -> tuple[list[tuple[int, int, int, int]], list[bool]]
 
 
 def _cgc_loss_variants() -> list[Variant]:
-    def build(
-        h: int, w: int, size: int, flips: str = "random", small: tuple | None = None
-    ) -> Build:
+    def build(h: int, w: int, size: int, kind: str = "random", small: tuple | None = None) -> Build:
         def make(r: Draw, n: int, interpreted: bool) -> Arguments:
             hh, ww = small if interpreted and small else (h, w)
+            frame = min(size, INTERPRETER_FRAME) if interpreted else size
             arguments = {
                 "cam_orig": r.positive(n, hh, ww),
                 "cam_aug": r.positive(n, hh, ww),
-                "crops": r.crops(n, size),
+                "crops": r.crops(n, frame),
                 "flips": r.flips(n),
                 "temperature": 0.3,
-                "size": size,
+                "size": frame,
             }
-            if flips == "all":
+            if kind == "all-flipped":
                 arguments["flips"] = torch.ones(n, dtype=torch.bool, device=r.device)
-            elif flips == "edge":
-                boxes, flags = _edge_crops(size)
-                repeat = -(-n // len(boxes)) if n else 0
+            elif kind == "int32-crops":
+                arguments["crops"] = arguments["crops"].to(torch.int32)
+            elif kind == "edge":
+                boxes, flags = _edge_crops(frame)
+                repeat = -(-n // len(boxes))
                 crops = torch.tensor((boxes * repeat)[:n], dtype=torch.long).reshape(n, 4)
-                arguments["crops"] = crops.to(r.device)
-                arguments["flips"] = torch.tensor((flags * repeat)[:n], dtype=torch.bool).to(
-                    r.device
-                )
+                flips = torch.tensor((flags * repeat)[:n], dtype=torch.bool)
+                arguments.update(crops=crops.to(r.device), flips=flips.to(r.device))
             return arguments
 
         return make
@@ -436,29 +458,33 @@ def _cgc_loss_variants() -> list[Variant]:
         Variant("b9-7x7-s32", build(7, 7, 32), 9),
         # 33 maps: two per-sample tasks of the C++ B×B epilogue (19: more than one 16-row block
         # of the interpreted B×B kernels)
-        Variant("b33-4x6-s24", build(4, 6, 24), 33, 19, large=True),
-        Variant("edge-crops-3x5-s16", build(3, 5, 16, "edge"), 8),
-        Variant("all-flipped-4x5-s20", build(4, 5, 20, "all"), 6),
+        Variant("b33-4x6-s24", build(4, 6, 24, small=(3, 4)), 33, 19, large=True),
+        Variant("edge-crops-3x5-s16", build(3, 5, 16, "edge"), 8, 8),
+        Variant("all-flipped-4x5-s20", build(4, 5, 20, "all-flipped"), 6),
+        Variant("int32-crops-4x5-s19", build(4, 5, 19, "int32-crops"), 6),
         Variant("frame-1-3x2-s1", build(3, 2, 1), 2),  # a 1×1 frame
     ]
 
 
 SALIENCY_SHAPES = {
-    # (C, H, W, h, w): one pixel, odd up-sampling, down-sampling, no resize
-    "1x1": ((1, 1, 1, 1, 1), 1),
-    "up-odd": ((3, 13, 11, 5, 4), 3),
-    "down": ((2, 6, 5, 9, 7), 2),
-    "same": ((1, 7, 8, 7, 8), 2),
+    # (C, H, W, h, w), the batch, and the shape under the interpreter: one pixel, odd
+    # up-sampling, down-sampling, no resize
+    "1x1": ((1, 1, 1, 1, 1), 1, None),
+    "up-odd": ((3, 13, 11, 5, 4), 3, (2, 7, 5, 3, 2)),
+    "down": ((2, 6, 5, 9, 7), 2, (2, 4, 3, 5, 4)),
+    "same": ((1, 7, 8, 7, 8), 2, (1, 4, 5, 4, 5)),
 }
 SALIENCY_RULES = {
     "th-0.5": {"threshold": 0.5},
     "th-0.2": {"threshold": 0.2},
     "top-0.15": {"top_fraction": 0.15},
+    "top-1": {"top_fraction": 1.0},
+    "th-negative": {"threshold": -0.5},
 }
 
 
 def _saliency_mask_variants() -> list[Variant]:
-    def build(shape: tuple, rule: dict, small: tuple | None = None, fill: float = -2.0) -> Build:
+    def build(shape: tuple, rule: dict, small: tuple | None, fill: float = -2.0) -> Build:
         def make(r: Draw, n: int, interpreted: bool) -> Arguments:
             c, height, width, h, w = small if interpreted and small else shape
             tensors = {"images": r.normal(n, c, height, width), "saliency": r.uniform(n, h, w)}
@@ -466,16 +492,13 @@ def _saliency_mask_variants() -> list[Variant]:
 
         return make
 
-    out = [Variant("default", build((3, 12, 10, 5, 4), {}, fill=0.0), 12)]
-    for shape, (chw, n) in SALIENCY_SHAPES.items():
+    out = [Variant("default", build((3, 12, 10, 5, 4), {}, (3, 6, 5, 3, 2), fill=0.0), 12)]
+    for shape, (chw, n, small) in SALIENCY_SHAPES.items():
+        rules = list(SALIENCY_RULES)[: 5 if shape == "up-odd" else 3]
         out += [
-            Variant(f"{shape}-{name}", build(chw, rule), n) for name, rule in SALIENCY_RULES.items()
+            Variant(f"{shape}-{rule}", build(chw, SALIENCY_RULES[rule], small), n) for rule in rules
         ]
-    out += [
-        Variant("up-odd-top-1", build((3, 13, 11, 5, 4), {"top_fraction": 1.0}), 3),
-        Variant("up-odd-th-negative", build((3, 13, 11, 5, 4), {"threshold": -0.5}), 3),
-    ]
-    # more pixels than one tile (the interpreter's is 16)
+    # more pixels than one tile (under the interpreter: than its 16)
     big, small = (3, 48, 40, 7, 7), (2, 7, 5, 3, 4)
     out += [
         Variant("large-th-0.4", build(big, {"threshold": 0.4}, small), 3, 2, large=True),
@@ -526,7 +549,7 @@ def make_inputs(
     """
     spec, chosen = SPECS[op], variant(op, variant_name)
     if batch is None:
-        batch = chosen.small_batch if small and chosen.small_batch is not None else chosen.batch
+        batch = chosen.default_batch(small)
     draw = Draw(device, dtype, seed + zlib.crc32(f"{op}/{variant_name}".encode()))
     built = chosen.build(draw, batch, small)
     unknown = set(built) - set(spec.tensors) - {o.name for o in spec.options}
@@ -766,17 +789,24 @@ _GAP_FILL = {torch.bool: True}
 def strided_view(t: torch.Tensor, layout: str) -> torch.Tensor:
     """A view of a copy of `t`, with the same values and other strides.
 
-    ``"strided"``: every other element of a buffer twice as wide in the last dimension, whose
-    gaps hold NaN (floating) or 0 (integers: an index that is always in range) or True (bools); ``"transposed"``: column-major in the
-    last two dimensions (1-D tensors get the strided layout).
+    - ``"strided"``: every other element, from the second on (a storage offset too), of a
+      buffer twice as wide in the last dimension. The gaps hold NaN (floating), 0 (integers: an
+      index that is always in range, so that a kernel ignoring the strides computes wrong
+      values rather than reading out of bounds) or True (bools).
+    - ``"transposed"``: column-major in the last two dimensions.
+    - ``"channels-last"``: dimension 1 innermost (torch.channels_last for 4-D tensors).
+
+    A layout that does not apply to `t` (transposed 1-D, channels-last below 3-D) is strided.
     """
     if t.dim() == 0:
         return t.clone()
     if layout == "transposed" and t.dim() >= 2:
         return t.transpose(-1, -2).contiguous().transpose(-1, -2)
+    if layout == "channels-last" and t.dim() >= 3:
+        return t.movedim(1, -1).contiguous().movedim(-1, 1)
     wide = torch.empty(*t.shape[:-1], 2 * t.shape[-1], dtype=t.dtype, device=t.device)
     wide.fill_(math.nan if t.is_floating_point() else _GAP_FILL.get(t.dtype, 0))
-    view = wide[..., ::2]
+    view = wide[..., 1::2]
     view.copy_(t)
     return view
 

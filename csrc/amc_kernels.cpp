@@ -87,8 +87,8 @@ TORCH_LIBRARY(amc_kernels, m) {
       "float base_temperature, str contrast_mode, bool normalize, str reduction) -> (Tensor, Tensor)");
   m.def(
       "supcon_loss_bwd(Tensor grad, Tensor features, Tensor? labels, Tensor? negatives, Tensor lse, "
-      "float temperature, float base_temperature, str contrast_mode, bool normalize, str reduction, "
-      "bool[] output_mask) -> (Tensor, Tensor)");
+      "float temperature, float base_temperature, str contrast_mode, bool normalize, "
+      "str reduction, bool[] output_mask) -> (Tensor, Tensor)");
 
   // gradcam (DESIGN §2.4). normalize: "none" | "max" | "minmax" | "sum"; output_size [] keeps H×W.
   // The forward also returns what the backward would otherwise re-read A and G for: the raw

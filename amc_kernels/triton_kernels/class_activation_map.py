@@ -33,8 +33,8 @@ def class_activation_map_fwd(
         return out.to(activations.dtype)
     launch(
         weighted_sum_kernel, (batch, triton.cdiv(h * w, tiles["BLOCK_HW"]), split),
-        activations, activations, fc_weight, targets, out, k, k_chunk, h * w, w, h * w,
-        *activations.stride(), *activations.stride(), *fc_weight.stride(),
+        activations, activations, fc_weight, targets.contiguous(), out, k, k_chunk, h * w, w,
+        h * w, *activations.stride(), *activations.stride(), *fc_weight.stride(),
         ELEMENTWISE=False, GATHER=True, SPLIT=split > 1,
         FP64=activations.dtype == torch.float64, **tiles,
     )  # fmt: skip
@@ -64,8 +64,8 @@ def class_activation_map_bwd(
         out_a = grad_a if want_a else grad_w  # a placeholder that the kernel never touches
         launch(
             weighted_sum_bwd_kernel, (batch, triton.cdiv(k, tiles["BLOCK_K"])),
-            activations, activations, fc_weight, targets, grad, grad, out_a, out_a, grad_w,
-            k, h * w, w, h * w, *activations.stride(), *activations.stride(),
+            activations, activations, fc_weight, targets.contiguous(), grad, grad, out_a, out_a,
+            grad_w, k, h * w, w, h * w, *activations.stride(), *activations.stride(),
             *fc_weight.stride(), *grad.stride(),
             ELEMENTWISE=False, GATHER=True, RELU=False, MEAN_G=False, GRAD_A=want_a,
             GRAD_W=want_w, FP64=activations.dtype == torch.float64, **tiles,

@@ -2,7 +2,7 @@
 //
 // Formula. The contrast rows are the views stacked view-major (row r = v·N + n, R = V·N rows),
 // then the M negatives: C = R + M rows z_r, L2-normalised (z / max(‖z‖, ε), ε = norm_eps of
-// math.h) when `normalize`.
+// math.h) by unit_rows (tile_utils_cpu.h, F.normalize's norms) when `normalize`.
 // The anchors are rows [0, A): A = R ("all") or N ("one", view 0). With l_ac = ⟨z_a, z_c⟩ / T,
 //   lse_a  = log Σ_{c ≠ a} exp(l_ac)                       (every contrast row and negative),
 //   |P_a|  = V·count[y_a] − 1                               (same-class contrast rows but a),
@@ -13,6 +13,9 @@
 // Backward: dL/dl_ac = k·w_a·(p_ac − 1[c ∈ P_a] / |P_a|), p_ac = exp(l_ac − lse_a), w_a the
 // upstream weight of anchor a, 0 for an anchor without positives. The softmax part recomputes the
 // logit tiles; the positive part uses the class sums again; then the normalisation backward.
+// output_mask: without grad_negatives no GEMM writes the negatives' rows of dZ; without
+// grad_features only the anchor × other-column tiles that reach the negatives run, each with its
+// one GEMM into the negatives' rows.
 //
 // Mapping. The anchor × anchor block of the logits is symmetric. Its rows are cut into 2·threads
 // task tiles, and each task tile pair I ≤ J is one task; the anchor × other-column block (the
@@ -29,17 +32,19 @@
 // large logits would turn that into inconsistent softmaxes). The backward recomputes each GEMM
 // tile, turns it in place into G, the softmax part of dL/d⟨z_i, z_j⟩ (both directions of a
 // symmetric tile at once), and adds G·Z_J to dZ_I and Gᵀ·Z_I to dZ_J (two GEMMs; one for a
-// diagonal tile, whose G is symmetric). Epilogues are SIMD loops (AVX-512, AVX2 or baseline
-// clones) over the rows of a tile, with the exponentials max-subtracted. Small problems
+// diagonal tile, whose G is symmetric). Epilogues are SIMD loops (x86-64-v4, x86-64-v3 or
+// baseline clones) over the rows of a tile, with the exponentials max-subtracted. Small problems
 // (A·C·D < 2^20) run on the calling thread in GEMM tiles of up to 1024 rows.
-// Memory: the C × D rows, their gradient and one tile per thread; never an A × C matrix.
-// Accumulation: fp32 (fp64 for fp64 inputs); fp16 and bf16 rows are converted as they are loaded.
+// Memory: the C × D rows (and their stacked copy), their gradient and one tile per thread; never
+// an A × C matrix. Accumulation: fp32 (fp64 for fp64 inputs); fp16 and bf16 rows are converted
+// once, as Z is built.
 #include <ATen/TensorOperators.h>
 #include <ATen/core/Tensor.h>
 #include <ATen/ops/_unique.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/bincount.h>
+#include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
 #include <ATen/ops/full_like.h>
 #include <ATen/ops/where.h>
@@ -59,15 +64,6 @@
 #include "amc_kernels/math.h"
 #include "tile_utils_cpu.h"
 
-// A row loop compiled for AVX-512, AVX2 (with FMA) and the baseline ISA; the loader picks the
-// widest one the CPU supports (gcc function multiversioning).
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define SUPCON_SIMD_CLONES \
-  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#else
-#define SUPCON_SIMD_CLONES
-#endif
-
 namespace amc_kernels::cpu {
 namespace {
 
@@ -80,13 +76,6 @@ constexpr int64_t kGemmTile = 256;
 // of parallel rounds that would cost more than they save.
 constexpr int64_t kParallelWork = int64_t(1) << 20;
 constexpr int64_t kSerialGemmTile = 1024;
-// Row loops (load, normalisation backward) hand a thread at least this many elements, as ATen.
-constexpr int64_t kRowLoopGrain = 32768;
-
-int64_t row_grain(int64_t dim) {
-  return std::max<int64_t>(1, kRowLoopGrain / std::max<int64_t>(dim, 1));
-}
-
 // ---- inputs --------------------------------------------------------------------------------
 
 void check_inputs(const char* op, const at::Tensor& features,
@@ -121,82 +110,6 @@ void check_inputs(const char* op, const at::Tensor& features,
             "reduction must be 'mean', 'sum' or 'none', got '", reduction, "'");
 }
 
-// Row r of a stacked [rows, D] matrix stored in a strided tensor: view-major rows of [N, V, D]
-// (r = v·N + n), or the rows of [M, D] (one "view").
-template <typename T>
-struct StridedRows {
-  T* data;
-  int64_t samples;
-  int64_t sample_stride;
-  int64_t view_stride;
-  int64_t element_stride;
-
-  T* row(int64_t r) const {
-    return data + (r % samples) * sample_stride + (r / samples) * view_stride;
-  }
-};
-
-template <typename T>
-StridedRows<T> view_major_rows(T* data, const at::Tensor& t) {  // t: [N, V, D]
-  return {data, t.size(0), t.stride(0), t.stride(1), t.stride(2)};
-}
-
-template <typename T>
-StridedRows<T> plain_rows(T* data, const at::Tensor& t) {  // t: [M, D]
-  return {data, t.size(0), t.stride(0), 0, t.stride(1)};
-}
-
-// z[r] ← source row r in acc_t, divided by max(‖row‖, ε) when `normalize`; norms[r] ← ‖row‖.
-template <typename scalar_t, typename acc_t>
-void load_rows(StridedRows<const scalar_t> source, int64_t count, int64_t dim, bool normalize,
-               acc_t* z, acc_t* norms) {
-  at::parallel_for(0, count, row_grain(dim), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const scalar_t* in = source.row(r);
-      acc_t* out = z + r * dim;
-      acc_t squares = 0;
-      for (int64_t j = 0; j < dim; ++j) {
-        out[j] = static_cast<acc_t>(in[j * source.element_stride]);
-        squares += out[j] * out[j];
-      }
-      norms[r] = std::sqrt(squares);
-      if (normalize) {
-        const acc_t denominator = std::max(norms[r], norm_eps<acc_t>());
-        for (int64_t j = 0; j < dim; ++j) {
-          out[j] /= denominator;
-        }
-      }
-    }
-  });
-}
-
-// dL/dx of row r from dL/dz (z = x / max(‖x‖, ε) when `normalize`, F.normalize's backward:
-// (g − z·⟨z, g⟩) / ‖x‖ above ε, g / ε at or below it), converted to scalar_t.
-template <typename scalar_t, typename acc_t>
-void store_input_grad(const acc_t* grad_z, const acc_t* z, const acc_t* norms, int64_t count,
-                      int64_t dim, bool normalize, StridedRows<scalar_t> target) {
-  at::parallel_for(0, count, row_grain(dim), [&](int64_t begin, int64_t end) {
-    for (int64_t r = begin; r < end; ++r) {
-      const acc_t* g = grad_z + r * dim;
-      const acc_t* unit = z + r * dim;
-      scalar_t* out = target.row(r);
-      acc_t radial = 0;
-      acc_t inverse = 1;
-      if (normalize && norms[r] > norm_eps<acc_t>()) {
-        for (int64_t j = 0; j < dim; ++j) {
-          radial += unit[j] * g[j];
-        }
-        inverse = acc_t(1) / norms[r];
-      } else if (normalize) {
-        inverse = acc_t(1) / norm_eps<acc_t>();
-      }
-      for (int64_t j = 0; j < dim; ++j) {
-        out[j * target.element_stride] = static_cast<scalar_t>((g[j] - unit[j] * radial) * inverse);
-      }
-    }
-  });
-}
-
 // ---- the problem ---------------------------------------------------------------------------
 
 // Rows [begin, end) cut into tiles of `tile` rows (the last one shorter).
@@ -210,10 +123,10 @@ struct Tiling {
     return {begin, end, std::max<int64_t>(1, (end - begin + parts - 1) / parts)};
   }
 
-  int64_t count() const { return (end - begin + tile - 1) / tile; }
+  int64_t count() const { return tile_count(end - begin, tile); }
   Span span(int64_t index) const {
-    const int64_t first = begin + index * tile;
-    return {first, std::min(tile, end - first)};
+    const Span local = tile_span(index, end - begin, tile);
+    return {begin + local.begin, local.size};
   }
 };
 
@@ -227,7 +140,7 @@ struct Problem {
   double temperature;  // T
   double scale;        // k = T / T_base
   at::Tensor z;           // [C, D] compute dtype: contrast rows, then negatives (unit if normalize)
-  at::Tensor norms;       // [C] their norms before normalisation
+  at::Tensor norms;       // [C] their norms before normalisation (if normalize)
   at::Tensor row_class;   // [R] int64 dense class id of each contrast row
   at::Tensor positives;   // [A] compute dtype |P_a|
   at::Tensor class_sums;  // [K, D] S[y]
@@ -261,19 +174,15 @@ Problem make_problem(const at::Tensor& features, const std::optional<at::Tensor>
   p.temperature = temperature;
   p.scale = temperature / base_temperature;
   const auto options = features.options().dtype(compute_dtype(features.scalar_type()));
-  p.z = at::empty({p.columns, dim}, options);
-  p.norms = at::empty({p.columns}, options);
-  AMC_DISPATCH_FLOATING(features.scalar_type(), kFwd, [&] {
-    using acc_t = acc_type<scalar_t>;
-    acc_t* z = p.z.mutable_data_ptr<acc_t>();
-    acc_t* norms = p.norms.mutable_data_ptr<acc_t>();
-    load_rows(view_major_rows(features.const_data_ptr<scalar_t>(), features), p.rows, dim,
-              normalize, z, norms);
-    if (negatives.has_value()) {
-      load_rows(plain_rows(negatives->const_data_ptr<scalar_t>(), *negatives),
-                p.columns - p.rows, dim, normalize, z + p.rows * dim, norms + p.rows);
-    }
-  });
+  const at::Tensor contrast = features.transpose(0, 1).reshape({p.rows, dim});  // view-major
+  const at::Tensor stacked = negatives.has_value() ? at::cat({contrast, *negatives}) : contrast;
+  if (normalize) {
+    const UnitRows unit = unit_rows(stacked);
+    p.z = unit.unit;
+    p.norms = unit.norm;
+  } else {
+    p.z = stacked.to(options.dtype()).contiguous();
+  }
   const auto [sample_class, classes] = sample_classes(labels, p.samples, features.options());
   p.row_class = sample_class.repeat({p.views});
   const at::Tensor class_size = at::bincount(sample_class, {}, classes);
@@ -294,7 +203,8 @@ Problem make_problem(const at::Tensor& features, const std::optional<at::Tensor>
 
 // ---- task schedule -------------------------------------------------------------------------
 
-// An anchor task tile and an anchor task tile (symmetric tasks) or an other-column task tile.
+// Tasks that share no task tile: pairs of anchor task tiles (the symmetric block), or an anchor
+// task tile and an other-column task tile.
 using Round = std::vector<TilePair>;
 
 // Every anchor task tile pair I ≤ J once, in rounds in which no tile appears twice: the
@@ -402,7 +312,7 @@ int64_t first_column(bool diagonal, int64_t i) { return diagonal ? i + 1 : 0; }
 
 // max_j row[j] (−inf for an empty row); column_max[j] ← max(column_max[j], row[j]).
 template <typename acc_t>
-SUPCON_SIMD_CLONES acc_t row_max_and_column_max(const acc_t* row, acc_t* column_max, int64_t n) {
+AMC_SIMD_CLONES acc_t row_max_and_column_max(const acc_t* row, acc_t* column_max, int64_t n) {
   acc_t top = -std::numeric_limits<acc_t>::infinity();
 #pragma omp simd reduction(max : top)
   for (int64_t j = 0; j < n; ++j) {
@@ -414,7 +324,7 @@ SUPCON_SIMD_CLONES acc_t row_max_and_column_max(const acc_t* row, acc_t* column_
 }
 
 template <typename acc_t>
-SUPCON_SIMD_CLONES acc_t row_max(const acc_t* row, int64_t n) {
+AMC_SIMD_CLONES acc_t row_max(const acc_t* row, int64_t n) {
   acc_t top = -std::numeric_limits<acc_t>::infinity();
 #pragma omp simd reduction(max : top)
   for (int64_t j = 0; j < n; ++j) {
@@ -425,9 +335,9 @@ SUPCON_SIMD_CLONES acc_t row_max(const acc_t* row, int64_t n) {
 
 // Σ_j exp(row[j] − shift); column_sum[j] += exp(row[j] − column_shift[j]).
 template <typename acc_t>
-SUPCON_SIMD_CLONES acc_t row_and_column_exp_sums(const acc_t* row, acc_t shift,
-                                                 const acc_t* column_shift, acc_t* column_sum,
-                                                 int64_t n) {
+AMC_SIMD_CLONES acc_t row_and_column_exp_sums(const acc_t* row, acc_t shift,
+                                              const acc_t* column_shift, acc_t* column_sum,
+                                              int64_t n) {
   acc_t total = 0;
 #pragma omp simd reduction(+ : total)
   for (int64_t j = 0; j < n; ++j) {
@@ -438,7 +348,7 @@ SUPCON_SIMD_CLONES acc_t row_and_column_exp_sums(const acc_t* row, acc_t shift,
 }
 
 template <typename acc_t>
-SUPCON_SIMD_CLONES acc_t row_exp_sum(const acc_t* row, acc_t shift, int64_t n) {
+AMC_SIMD_CLONES acc_t row_exp_sum(const acc_t* row, acc_t shift, int64_t n) {
   acc_t total = 0;
 #pragma omp simd reduction(+ : total)
   for (int64_t j = 0; j < n; ++j) {
@@ -519,9 +429,9 @@ at::Tensor anchor_log_sum_exp(const Problem& p) {
 
 // row[j] ← coef·exp(row[j] − shift) + column_coef[j]·exp(row[j] − column_shift[j]).
 template <typename acc_t>
-SUPCON_SIMD_CLONES void symmetric_grad_row(acc_t* row, acc_t coef, acc_t shift,
-                                           const acc_t* column_coef, const acc_t* column_shift,
-                                           int64_t n) {
+AMC_SIMD_CLONES void symmetric_grad_row(acc_t* row, acc_t coef, acc_t shift,
+                                        const acc_t* column_coef, const acc_t* column_shift,
+                                        int64_t n) {
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) {
     const acc_t v = row[j];
@@ -531,7 +441,7 @@ SUPCON_SIMD_CLONES void symmetric_grad_row(acc_t* row, acc_t coef, acc_t shift,
 
 // row[j] ← coef·exp(row[j] − shift).
 template <typename acc_t>
-SUPCON_SIMD_CLONES void anchor_grad_row(acc_t* row, acc_t coef, acc_t shift, int64_t n) {
+AMC_SIMD_CLONES void anchor_grad_row(acc_t* row, acc_t coef, acc_t shift, int64_t n) {
 #pragma omp simd
   for (int64_t j = 0; j < n; ++j) {
     row[j] = coef * simd_exp(row[j] - shift);
@@ -730,29 +640,27 @@ std::tuple<at::Tensor, at::Tensor> supcon_loss_bwd_cpu(
     add_softmax_grad<scalar_t>(p, coef.contiguous().const_data_ptr<scalar_t>(),
                                shift.contiguous().const_data_ptr<scalar_t>(), wanted, grad_z);
   });
+  // dL/dx of rows [begin, begin + count) in the inputs' dtype, through the normalisation's
+  // backward (at ‖x‖ = ε the form of newer torch: the op has no clamp_grad_at_bounds).
+  const auto input_grad = [&](int64_t begin, int64_t count) {
+    const at::Tensor grad_rows = grad_z.narrow(0, begin, count);
+    if (!normalize) {
+      return grad_rows.to(features.scalar_type());
+    }
+    const UnitRows rows{p.z.narrow(0, begin, count), p.norms.narrow(0, begin, count)};
+    return unit_rows_backward(rows, grad_rows, features.scalar_type(),
+                              /*clamp_grad_at_bounds=*/false);
+  };
   if (wanted.features) {
     subtract_positive_grad(p, coef, grad_z);
-    grad_features = at::empty(features.sizes(), features.options());
+    grad_features = input_grad(0, p.rows)
+                        .view({p.views, p.samples, features.size(2)})
+                        .transpose(0, 1)
+                        .contiguous();
   }
   if (wanted.negatives) {
-    grad_negatives = at::empty(negatives->sizes(), negatives->options());
+    grad_negatives = input_grad(p.rows, p.columns - p.rows);
   }
-  const int64_t dim = features.size(2);
-  AMC_DISPATCH_FLOATING(features.scalar_type(), kBwd, [&] {
-    using acc_t = acc_type<scalar_t>;
-    const acc_t* gz = grad_z.const_data_ptr<acc_t>();
-    const acc_t* z = p.z.const_data_ptr<acc_t>();
-    const acc_t* norms = p.norms.const_data_ptr<acc_t>();
-    if (wanted.features) {
-      store_input_grad(gz, z, norms, p.rows, dim, normalize,
-                       view_major_rows(grad_features.mutable_data_ptr<scalar_t>(), grad_features));
-    }
-    if (wanted.negatives) {
-      store_input_grad(gz + p.rows * dim, z + p.rows * dim, norms + p.rows, p.columns - p.rows,
-                       dim, normalize,
-                       plain_rows(grad_negatives.mutable_data_ptr<scalar_t>(), grad_negatives));
-    }
-  });
   return {grad_features, grad_negatives};
 }
 

@@ -14,10 +14,12 @@
 #include <cstdint>
 #include <vector>
 
-// A row loop compiled for AVX-512, AVX2 and the baseline ISA; the loader picks the widest one the
-// CPU has (gcc function multiversioning). Loop bodies are branch-free so that gcc vectorises them.
+// A row loop compiled for x86-64-v4 (AVX-512), x86-64-v3 (AVX2 with FMA) and the baseline ISA;
+// the loader picks the widest one the CPU has (gcc function multiversioning). Loop bodies are
+// branch-free so that gcc vectorises them.
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define AMC_SIMD_CLONES __attribute__((target_clones("avx512f", "avx2", "default")))
+#define AMC_SIMD_CLONES \
+  __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
 #else
 #define AMC_SIMD_CLONES
 #endif
@@ -100,7 +102,8 @@ void for_each_tile_pair(int64_t tiles, int64_t tile, int64_t buffers,
 
 // ---- unit rows -------------------------------------------------------------------------------
 
-// x̂ = x / max(‖x‖, ε) (ε = norm_eps, math.h) row by row in the compute dtype (contiguous), and the norms ‖x‖.
+// x̂ = x / max(‖x‖, ε) (ε = norm_eps, math.h) row by row in the compute dtype (contiguous),
+// and the norms ‖x‖.
 struct UnitRows {
   at::Tensor unit;
   at::Tensor norm;

@@ -24,8 +24,8 @@ namespace amc_kernels {
 template <size_t N>
 std::array<bool, N> checked_output_mask(const c10::List<bool>& mask, const char* op,
                                         const char* inputs) {
-  AMC_CHECK(mask.size() == N, op, "output_mask must have ", N,
-            " flags, one per differentiable input (", inputs, "), got ", mask.size());
+  AMC_CHECK(mask.size() == N, op, "output_mask must have one flag per differentiable input (",
+            inputs, "), got ", mask.size(), " flags");
   std::array<bool, N> flags;
   for (size_t i = 0; i < N; ++i) {
     flags[i] = mask.get(i);
