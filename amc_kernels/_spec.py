@@ -81,9 +81,9 @@ class OpSpec:
     def validate(self, arguments: Arguments) -> Arguments:
         """The checked arguments: options first (cheap), then the tensors."""
         options = self.check_options({k: v for k, v in arguments.items() if k not in self.tensors})
-        checked = {name: arguments.get(name) for name in self.tensors}
-        self.validate_tensors(checked | options)
-        return checked | options
+        checked = {name: arguments.get(name) for name in self.tensors} | options
+        self.validate_tensors(checked)  # in place: canonical tensors replace the user's
+        return checked
 
     def kernel_arguments(self, arguments: Arguments) -> list[Any]:
         """Positional arguments of the compiled forward op: the tensors, then the options."""

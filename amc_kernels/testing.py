@@ -376,6 +376,7 @@ def _gradcam_variants() -> list[Variant]:
             out.append(Variant(f"{shape}-{name}", make, n, large=small_chw is not None))
     out += [
         # a 1×1 map resized: constant, its maximum tied everywhere
+        Variant("odd-mean-minmax-norelu", build(("mean", False, "minmax", None), (7, 5, 6)), 3),
         Variant("one-pixel-mean-max-up", build(("mean", True, "max", (3, 2)), (1, 1, 1)), 1),
         Variant("K=0-elem-plain", build(("elementwise", True, None, None), (0, 4, 5)), 2),
     ]

@@ -52,3 +52,36 @@ def triton_device(request: pytest.FixtureRequest) -> torch.device:
 
 def f64(values: object, device: torch.device | str = "cpu") -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float64, device=device)
+
+
+def longs(values: object) -> torch.Tensor:
+    return torch.tensor(values, dtype=torch.long)
+
+
+def rand(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
+    """Seeded N(0, 1) values, drawn in fp64 and cast to `dtype`."""
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+
+
+def rand_labels(n: int, classes: int, seed: int = 0) -> torch.Tensor:
+    """Seeded integer labels (or targets) in [0, classes)."""
+    gen = torch.Generator().manual_seed(seed + 7919)
+    return torch.randint(classes, (n,), generator=gen)
+
+
+def intercept_dispatch(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, dict]]:
+    """Every call dispatched from now on returns "passed" instead of running a backend; the
+    returned list records (op, options) of each call, as the dispatcher saw them."""
+    from amc_kernels import _dispatch
+
+    calls: list[tuple[str, dict]] = []
+
+    def select(call: _dispatch.Call, backend: str | None = None) -> _dispatch.Implementation:
+        calls.append((call.op, call.options))
+        return _dispatch.Implementation(
+            call.op, "intercepted", lambda **_: "passed", _dispatch.accept_all
+        )
+
+    monkeypatch.setattr(_dispatch, "select", select)
+    return calls

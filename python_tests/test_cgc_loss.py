@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import needs_cpp
+from conftest import intercept_dispatch, needs_cpp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from resize_oracle import np_resize
 
 import amc_kernels
 from amc_kernels import BackendUnavailableError, functional
-from amc_kernels.testing import closed_form_cases
 
 ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 DTYPE_IDS = [pytest.param(dt, id=str(dt).split(".")[-1]) for dt in ALL_DTYPES]
@@ -88,15 +87,6 @@ def close(got: torch.Tensor, expected: float, tol: float = 1e-12) -> None:
 
 
 # --- closed form ---
-
-
-@pytest.mark.parametrize(
-    "case", [c for c in closed_form_cases() if c.op == "cgc_loss"], ids=lambda c: c.name
-)
-def test_closed_form_cases(case, device: torch.device) -> None:
-    got, expected = case.run(device)
-    assert got.device.type == device.type and got.dtype == torch.float64
-    torch.testing.assert_close(got.cpu(), expected.cpu(), rtol=0, atol=1e-12)
 
 
 def test_one_map_has_only_the_positive_logit() -> None:
@@ -368,21 +358,6 @@ def test_integer_dtypes_of_crops() -> None:
         close(cgc(orig, aug, torch.tensor(CROPS_4[1:3], dtype=dtype), flips, size=12), expected)
 
 
-def test_non_contiguous_inputs() -> None:
-    orig = maps(3, 4, 3, seed=34).transpose(1, 2)  # [3, 3, 4]
-    aug = maps(6, 3, 4, seed=35)[::2]
-    crops = boxes(CROPS_4[:3])
-    crops = torch.stack([crops, torch.full_like(crops, 99)], dim=-1)[..., 0]  # strides (8, 2)
-    flips = bools([True, True, False, False, True, True])[::2]
-    assert not any(t.is_contiguous() for t in (orig, aug, crops, flips))
-    got = cgc(orig, aug, crops, flips, size=12)
-    expected = cgc(
-        orig.contiguous(), aug.contiguous(), crops.contiguous(), flips.contiguous(), size=12
-    )
-    torch.testing.assert_close(got, expected, rtol=0, atol=1e-14)
-    close(got, np_cgc(orig, aug, crops, flips, 0.5, 12))
-
-
 @pytest.mark.parametrize("dtype", DTYPE_IDS)
 def test_empty_batch(dtype: torch.dtype, device: torch.device) -> None:
     orig = torch.zeros(0, 3, 3, dtype=dtype, device=device, requires_grad=True)
@@ -542,13 +517,7 @@ def test_value_checks_can_be_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
     assert cgc(orig, AUG, CROPS, FLIPS, size=12).isnan().item()
     # Crops outside the frame pass validation and reach the backend (intercepted here, so
     # that nothing slices outside the map).
-    calls = []
-
-    def fake_dispatch(op, backend, tensors, options):
-        calls.append((op, options))
-        return lambda *args, **kwargs: "passed"
-
-    monkeypatch.setattr(functional, "_dispatch_call", fake_dispatch)
+    calls = intercept_dispatch(monkeypatch)
     bad = boxes([[0, 0, 13, 12], [-1, 3, 0, 5]])
     assert functional.cgc_loss(ORIG, AUG, bad, FLIPS, size=12) == "passed"
     assert calls == [("cgc_loss", {"temperature": 0.5, "size": 12})]
@@ -558,14 +527,6 @@ def test_value_checks_can_be_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AMC_KERNELS_CHECK_VALUES", "1")
     with pytest.raises(ValueError, match=r"crops\[0\] = \[0, 0, 13, 12\]"):
         functional.cgc_loss(ORIG, AUG, bad, FLIPS, size=12)
-
-
-def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with pytest.raises(BackendUnavailableError, match="triton") as info:
-        amc_kernels.cgc_loss(ORIG, AUG, CROPS, FLIPS, size=12, backend="triton")
-    message = str(info.value)
-    assert "cgc_loss" in message and "reference: usable" in message
 
 
 def test_cpp_backend_is_refused_with_candidates_or_matches_reference() -> None:
@@ -747,21 +708,6 @@ def assert_cgc_matches_reference(*args: object, **kwargs: object) -> None:
     assert ok, f"cpp error {error:.3g} above the bound {bound:.3g}"
 
 
-# (B, h, w, size): one sample; 1×1 maps; odd shapes; B = 33 spans two per-sample tasks (the
-# B×B epilogue's row blocks: test_cpp_cgc_fp64_exact_over_many_tasks).
-CGC_SHAPES = [(1, 7, 7, 16), (3, 1, 1, 16), (5, 3, 5, 37), (9, 7, 7, 32), (33, 4, 6, 24)]
-
-
-@pytest.mark.cpp
-@needs_cpp
-@pytest.mark.parametrize("dtype", CPP_CGC_DTYPES)
-@pytest.mark.parametrize(("batch", "h", "w", "size"), CGC_SHAPES)
-def test_cpp_cgc_matches_reference(dtype: torch.dtype, batch: int, h: int, w: int, size: int):
-    cam_orig, cam_aug = cgc_maps(batch, h, w, seed=batch + size, dtype=dtype)
-    crops, flips = cgc_random_crops(batch, size, seed=batch + size)
-    assert_cgc_matches_reference(cam_orig, cam_aug, crops, flips, temperature=0.3, size=size)
-
-
 @pytest.mark.cpp
 @needs_cpp
 @pytest.mark.skipif(np.finfo(np.longdouble).eps > 1e-18, reason="np.longdouble is not extended")
@@ -794,19 +740,6 @@ def test_cpp_cgc_fp64_exact_over_many_tasks(threads: int) -> None:
         assert_cgc_exact(cam_orig, cam_aug, crops, flips, temperature=0.2, size=20)
     finally:
         torch.set_num_threads(previous)
-
-
-@pytest.mark.cpp
-@needs_cpp
-def test_cpp_cgc_non_contiguous_inputs() -> None:
-    cam_orig, cam_aug = cgc_maps(6, 5, 3, seed=11)
-    crops, flips = cgc_random_crops(12, 19, seed=11)
-    orig_t = cam_orig.transpose(1, 2).contiguous().transpose(1, 2)  # column-major maps
-    aug_sliced = torch.cat([cam_aug, cam_aug], dim=2)[:, :, ::2]  # every other column
-    crops_t = crops[::2].T.contiguous().T.to(torch.int32)  # column-major int32
-    flips_strided = flips[::2]
-    assert not any(t.is_contiguous() for t in (orig_t, aug_sliced, crops_t, flips_strided))
-    assert_cgc_exact(orig_t, aug_sliced, crops_t, flips_strided, size=19)
 
 
 def cgc_special_maps(kind: str) -> tuple[torch.Tensor, torch.Tensor]:
@@ -852,78 +785,6 @@ def test_cpp_cgc_constant_maps_give_log_batch_at_any_size() -> None:
 
 @pytest.mark.cpp
 @needs_cpp
-@pytest.mark.parametrize("dtype", CPP_CGC_DTYPES)
-def test_cpp_cgc_dtypes_empty_batch_and_single_sample(dtype: torch.dtype) -> None:
-    loss_dtype = torch.float64 if dtype == torch.float64 else torch.float32
-    crops, flips = torch.tensor([[1, 2, 5, 4]]), torch.tensor([True])
-    for batch in (0, 1):
-        cam_orig, cam_aug = (m.requires_grad_() for m in cgc_maps(batch, 3, 4, seed=1, dtype=dtype))
-        loss = functional.cgc_loss(
-            cam_orig, cam_aug, crops[:batch], flips[:batch], size=8, backend="cpp"
-        )
-        assert loss.shape == () and loss.dtype == loss_dtype and loss.item() == 0.0
-        grads = torch.autograd.grad(loss, (cam_orig, cam_aug))
-        for grad in grads:
-            assert grad.shape == (batch, 3, 4) and grad.dtype == dtype
-            assert torch.equal(grad, torch.zeros_like(grad))
-    cam_orig, cam_aug = (m.requires_grad_() for m in cgc_maps(3, 3, 4, seed=2, dtype=dtype))
-    crops, flips = cgc_random_crops(3, 8, seed=2)
-    loss = functional.cgc_loss(cam_orig, cam_aug, crops, flips, size=8, backend="cpp")
-    assert loss.dtype == loss_dtype
-    assert all(g.dtype == dtype for g in torch.autograd.grad(loss, (cam_orig, cam_aug)))
-
-
-@pytest.mark.cpp
-@needs_cpp
-def test_cpp_cgc_gradcheck() -> None:
-    cam_orig, cam_aug = cgc_maps(4, 3, 4, seed=3)
-    crops, flips = cgc_random_crops(4, 11, seed=3)
-
-    def loss(orig: torch.Tensor, aug: torch.Tensor) -> torch.Tensor:
-        return functional.cgc_loss(orig, aug, crops, flips, temperature=0.4, size=11, backend="cpp")
-
-    assert torch.autograd.gradcheck(loss, (cam_orig.requires_grad_(), cam_aug.requires_grad_()))
-
-
-@pytest.mark.cpp
-@needs_cpp
-def test_cpp_cgc_opcheck() -> None:
-    from torch.library import opcheck
-
-    cam_orig, cam_aug = cgc_maps(5, 3, 4, seed=4, dtype=torch.float32)
-    crops, flips = cgc_random_crops(5, 9, seed=4)
-    opcheck(
-        torch.ops.amc_kernels.cgc_loss_fwd.default,
-        (cam_orig.requires_grad_(), cam_aug.requires_grad_(), crops, flips, 0.5, 9),
-    )
-    grad = torch.tensor(0.7)
-    opcheck(
-        torch.ops.amc_kernels.cgc_loss_bwd.default,
-        (grad, cam_orig.detach(), cam_aug.detach(), crops, flips, 0.5, 9),
-    )
-
-
-@pytest.mark.cpp
-@needs_cpp
-def test_cpp_cgc_under_torch_compile() -> None:
-    cam_orig, cam_aug = cgc_maps(6, 4, 5, seed=6, dtype=torch.float32)
-    crops, flips = cgc_random_crops(6, 13, seed=6)
-
-    def loss(orig: torch.Tensor, aug: torch.Tensor) -> torch.Tensor:
-        return 2 * amc_kernels.cgc_loss(orig, aug, crops, flips, size=13, backend="cpp")
-
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    leaves = [t.clone().requires_grad_() for t in (cam_orig, cam_aug, cam_orig, cam_aug)]
-    got, expected = compiled(*leaves[:2]), loss(*leaves[2:])
-    torch.testing.assert_close(got, expected)
-    for g, e in zip(
-        torch.autograd.grad(got, leaves[:2]), torch.autograd.grad(expected, leaves[2:]), strict=True
-    ):
-        torch.testing.assert_close(g, e)
-
-
-@pytest.mark.cpp
-@needs_cpp
 @settings(max_examples=15, deadline=None)
 @given(
     batch=st.integers(0, 6),
@@ -939,18 +800,6 @@ def test_cpp_cgc_property_matches_reference(
     cam_orig, cam_aug = cgc_maps(batch, h, w, seed=seed)
     crops, flips = cgc_random_crops(batch, size, seed=seed)
     assert_cgc_exact(cam_orig, cam_aug, crops, flips, temperature=temperature, size=size)
-
-
-@pytest.mark.cpp
-@needs_cpp
-def test_cpp_cgc_double_backward_raises() -> None:
-    cam_orig, cam_aug = cgc_maps(3, 3, 3, seed=8)
-    crops, flips = cgc_random_crops(3, 7, seed=8)
-    orig = cam_orig.requires_grad_()
-    loss = functional.cgc_loss(orig, cam_aug, crops, flips, size=7, backend="cpp")
-    (grad,) = torch.autograd.grad(loss, orig, create_graph=True)
-    with pytest.raises(RuntimeError, match="double backward is not supported"):
-        grad.sum().backward()
 
 
 @pytest.mark.cpp

@@ -197,6 +197,35 @@ def compiled(op: str, backend: str, device: str) -> bool:
     return testing.library_ops(op, backend) is not None
 
 
+# --- the reference: closed forms ---
+
+
+@pytest.mark.parametrize(
+    "case", testing.closed_form_cases(), ids=lambda c: f"{c.op}-{c.name.replace(' ', '_')}"
+)
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.cuda)])
+def test_reference_closed_form(case: testing.ClosedForm, device: str) -> None:
+    got, expected = case.run(torch.device(device))
+    assert got.device.type == device and got.dtype == torch.float64
+    torch.testing.assert_close(got.cpu(), expected.cpu(), rtol=0, atol=1e-12)
+
+
+# --- dispatch: an explicit backend that cannot run says why ---
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_triton_on_cpu_without_interpreter_is_refused(
+    op: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    arguments = testing.make_inputs(op)
+    with pytest.raises(_dispatch.BackendUnavailableError, match="triton") as info:
+        testing.call(op, "triton", arguments)
+    message = str(info.value)
+    assert message.startswith(f"{op}: ") and "Candidates" in message
+    assert "reference: usable" in message
+
+
 # --- values and gradients against the reference ---
 
 
@@ -425,6 +454,7 @@ def test_torch_compile_fullgraph(op: str, backend: str, device: str, name: str) 
     def fn(*tensors: torch.Tensor):
         return testing.call(op, backend, fixed | dict(zip(wrt, tensors, strict=True)))
 
+    torch._dynamo.reset()  # every sample compiles afresh (static shapes), whatever ran before
     compiled_fn = torch.compile(
         fn, fullgraph=True, backend="aot_eager" if device == "cpu" else "inductor"
     )

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import f64, needs_cpp
+from conftest import f64, needs_cpp, rand
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from resize_oracle import np_resize
@@ -14,7 +14,7 @@ from torch.library import opcheck
 
 import amc_kernels
 from amc_kernels import BackendUnavailableError, functional
-from amc_kernels.testing import closed_form_cases, compare_backend, within_reference_error
+from amc_kernels.testing import GRADCAM_OPTIONS, compare_backend, within_reference_error
 
 ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 DTYPE_IDS = [pytest.param(dt, id=str(dt).split(".")[-1]) for dt in ALL_DTYPES]
@@ -25,11 +25,6 @@ EPS = 1e-8  # the constant of every map normalisation (DESIGN §2.4)
 
 def gradcam(activations: torch.Tensor, gradients: torch.Tensor, **kwargs) -> torch.Tensor:
     return functional.gradcam(activations, gradients, backend="reference", **kwargs)
-
-
-def rand(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
 
 
 def positive(*shape: int, seed: int = 0) -> torch.Tensor:
@@ -90,15 +85,6 @@ def assert_matches(got: torch.Tensor, expected: np.ndarray, tol: float = 1e-12) 
 
 
 # --- closed form ---
-
-
-@pytest.mark.parametrize(
-    "case", [c for c in closed_form_cases() if c.op == "gradcam"], ids=lambda c: c.name
-)
-def test_closed_form_cases(case, device: torch.device) -> None:
-    got, expected = case.run(device)
-    assert got.device.type == device.type and got.dtype == torch.float64
-    torch.testing.assert_close(got.cpu(), expected.cpu(), rtol=0, atol=1e-12)
 
 
 # One channel, A = [[1, 2], [3, 4]], G = [[1, 0], [2, −1]].
@@ -374,21 +360,6 @@ def test_dtype_is_kept_and_values_match_fp64(dtype: torch.dtype, normalize: str 
 
 
 @pytest.mark.parametrize("normalize", NORMALIZATIONS)
-def test_non_contiguous_inputs(normalize: str | None) -> None:
-    a = rand(3, 4, 6, 5, seed=32).transpose(2, 3)  # [3, 4, 5, 6], strided
-    g = rand(3, 8, 5, 6, seed=33)[:, ::2]  # every other channel
-    assert not a.is_contiguous() and not g.is_contiguous()
-    for weighting in WEIGHTINGS:
-        kwargs = {"weighting": weighting, "normalize": normalize, "output_size": (7, 3)}
-        got = gradcam(a, g, **kwargs)
-        torch.testing.assert_close(
-            got, gradcam(a.contiguous(), g.contiguous(), **kwargs), rtol=1e-14, atol=1e-14
-        )
-    cl = rand(2, 3, 4, 5, seed=34).to(memory_format=torch.channels_last)
-    torch.testing.assert_close(gradcam(cl, cl), gradcam(cl.contiguous(), cl.contiguous()))
-
-
-@pytest.mark.parametrize("normalize", NORMALIZATIONS)
 @pytest.mark.parametrize("output_size", [None, 7, (3, 9)], ids=["none", "int", "pair"])
 def test_empty_batch(normalize: str | None, output_size, device: torch.device) -> None:
     a = torch.zeros(0, 3, 4, 5, dtype=torch.float32, device=device, requires_grad=True)
@@ -503,14 +474,6 @@ def test_value_checks_can_be_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
     assert out[0].isnan().any() and not out[1].isnan().any()  # NaN stays in its own map
 
 
-def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with pytest.raises(BackendUnavailableError, match="triton") as info:
-        amc_kernels.gradcam(A, G, backend="triton")
-    message = str(info.value)
-    assert "gradcam" in message and "Candidates" in message and "reference: usable" in message
-
-
 def test_cpp_backend_is_refused_with_candidates_or_matches_reference() -> None:
     try:
         got = amc_kernels.gradcam(A, G, normalize="minmax", output_size=7, backend="cpp")
@@ -522,26 +485,8 @@ def test_cpp_backend_is_refused_with_candidates_or_matches_reference() -> None:
 
 # --- cpp backend ---
 
-CPP_DTYPES = [
-    pytest.param(dtype, id=str(dtype)[6:])
-    for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-]
-CPP_SHAPES = {
-    # (B, K, H, W): a single pixel channel, odd sizes, fewer maps than threads (K split into
-    # chunks), and more channels than one chunk on several maps.
-    "1x1x3x4": (1, 1, 3, 4),
-    "odd": (3, 7, 5, 6),
-    "one-map": (1, 48, 6, 5),
-    "wide": (4, 33, 9, 8),
-}
-CPP_OPTIONS = {
-    # (weighting, relu, normalize, output_size): every weighting, normalisation and resize kind
-    "mean-plain": ("mean", True, None, None),
-    "mean-max-up": ("mean", False, "max", (9, 7)),
-    "elem-minmax-down": ("elementwise", True, "minmax", (4, 3)),
-    "elem-sum-skewed": ("elementwise", False, "sum", (15, 2)),
-    "mean-sum-same": ("mean", True, "sum", "same"),
-}
+# (weighting, relu, normalize, output_size): every weighting, normalisation and resize kind
+CPP_OPTIONS = GRADCAM_OPTIONS
 
 
 def cpp_gradcam_inputs(
@@ -575,17 +520,6 @@ def assert_cpp_gradcam_close(a: torch.Tensor, g: torch.Tensor, tol: float, **kwa
         torch.testing.assert_close(
             x, y, rtol=0, atol=tol * scale, msg=lambda m, n=name: f"{n}: {m}"
         )
-
-
-@pytest.mark.cpp
-@needs_cpp
-@pytest.mark.parametrize("dtype", CPP_DTYPES)
-@pytest.mark.parametrize("shape", list(CPP_SHAPES.values()), ids=list(CPP_SHAPES))
-@pytest.mark.parametrize("options", list(CPP_OPTIONS.values()), ids=list(CPP_OPTIONS))
-def test_cpp_gradcam_matches_reference(dtype: torch.dtype, shape: tuple, options: tuple) -> None:
-    args = cpp_gradcam_inputs(shape, seed=sum(shape), dtype=dtype)
-    ok, error, bound = compare_backend("gradcam", "cpp", args, cpp_gradcam_kwargs(options, shape))
-    assert ok, f"cpp error {error:.3g} above the bound {bound:.3g}"
 
 
 @pytest.mark.cpp
@@ -651,21 +585,6 @@ def test_cpp_gradcam_resize_is_torch_bilinear(dtype: torch.dtype, sizes: tuple) 
         assert ok, f"error {error:.3g} above {bound:.3g}"
 
 
-@pytest.mark.cpp
-@needs_cpp
-def test_cpp_gradcam_non_contiguous_inputs() -> None:
-    a, g = cpp_gradcam_inputs((3, 6, 8, 5), seed=11)
-    a_view = a.transpose(2, 3).contiguous().transpose(2, 3)  # same values, other strides
-    g_view = torch.cat([g, g], dim=1)[:, ::2]  # channel stride 2
-    assert not a_view.is_contiguous() and not g_view.is_contiguous()
-    for options in CPP_OPTIONS.values():
-        kwargs = cpp_gradcam_kwargs(options, (3, 6, 8, 5))
-        got = cpp_gradcam_run("cpp", a_view, g_view, **kwargs)
-        expected = cpp_gradcam_run("reference", a, g_view.contiguous(), **kwargs)
-        for x, y in zip(got, expected, strict=True):
-            torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
-
-
 def cpp_gradcam_tied_map(kind: str) -> torch.Tensor:
     a = torch.ones(1, 2, 4, 4, dtype=torch.float64)
     if kind == "negative":
@@ -693,85 +612,6 @@ def test_cpp_gradcam_ties_split_the_extreme_gradient_as_torch(
 
 @pytest.mark.cpp
 @needs_cpp
-@pytest.mark.parametrize("weighting", ["mean", "elementwise"])
-def test_cpp_gradcam_empty_inputs(weighting: str) -> None:
-    for shape, size in (((0, 3, 4, 5), (6, 7)), ((2, 0, 4, 5), None)):
-        a, g = (torch.randn(shape, requires_grad=True) for _ in range(2))
-        got = functional.gradcam(a, g, weighting=weighting, output_size=size, backend="cpp")
-        expected = functional.gradcam(
-            a, g, weighting=weighting, output_size=size, backend="reference"
-        )
-        assert got.shape == expected.shape and got.dtype == expected.dtype
-        torch.testing.assert_close(got, expected)
-        grads = torch.autograd.grad(got.sum(), [a, g], allow_unused=True)
-        assert all(gr is None or gr.shape == shape for gr in grads)
-
-
-@pytest.mark.cpp
-@needs_cpp
-@pytest.mark.parametrize(
-    "weighting, relu, normalize, size",
-    [
-        ("mean", False, None, (5, 3)),
-        ("elementwise", True, "max", (2, 4)),
-        ("mean", False, "minmax", None),
-        ("elementwise", True, "sum", (4, 4)),
-    ],
-)
-def test_cpp_gradcam_gradcheck(weighting: str, relu: bool, normalize: str, size: tuple) -> None:
-    a, g = cpp_gradcam_inputs((2, 2, 3, 3), seed=13)
-    a.requires_grad_()
-    g.requires_grad_()
-
-    def fn(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        return functional.gradcam(
-            x,
-            y,
-            weighting=weighting,
-            relu=relu,
-            normalize=normalize,
-            output_size=size,
-            backend="cpp",
-        )
-
-    assert torch.autograd.gradcheck(fn, (a, g))
-
-
-@pytest.mark.cpp
-@needs_cpp
-@pytest.mark.parametrize("weighting", ["mean", "elementwise"])
-def test_cpp_gradcam_opcheck(weighting: str) -> None:
-    a, g = cpp_gradcam_inputs((2, 5, 4, 3), seed=17, dtype=torch.float32)
-    args = (a.clone().requires_grad_(), g.clone().requires_grad_())
-    opcheck(torch.ops.amc_kernels.gradcam_fwd.default, (*args, weighting, True, "max", [6, 2]))
-    maps, raw, alpha = torch.ops.amc_kernels.gradcam_fwd(a, g, weighting, True, "max", [6, 2])
-    bwd_args = (torch.randn_like(maps), a, g, raw, alpha, weighting, True, "max", [6, 2])
-    opcheck(torch.ops.amc_kernels.gradcam_bwd.default, bwd_args)
-
-
-@pytest.mark.cpp
-@needs_cpp
-def test_cpp_gradcam_compiles_fullgraph() -> None:
-    a, g = cpp_gradcam_inputs((3, 4, 5, 6), seed=19, dtype=torch.float32)
-
-    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = functional.gradcam(
-            x, y, weighting="elementwise", normalize="sum", output_size=(8, 8), backend="cpp"
-        )
-        return out.square().sum()
-
-    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
-    leaves, ref_leaves = ([a.clone().requires_grad_(), g.clone().requires_grad_()] for _ in "ab")
-    got, expected = compiled(*leaves), loss(*ref_leaves)
-    torch.testing.assert_close(got, expected)
-    for x, y in zip(
-        torch.autograd.grad(got, leaves), torch.autograd.grad(expected, ref_leaves), strict=True
-    ):
-        torch.testing.assert_close(x, y)
-
-
-@pytest.mark.cpp
-@needs_cpp
 @settings(max_examples=15, deadline=None)
 @given(
     shape=st.tuples(st.integers(1, 4), st.integers(1, 20), st.integers(1, 6), st.integers(1, 6)),
@@ -789,16 +629,6 @@ def test_cpp_gradcam_property_matches_reference(
     a, g = cpp_gradcam_inputs(shape, seed=seed)
     kwargs = {"weighting": weighting, "relu": relu, "normalize": normalize, "output_size": size}
     assert_cpp_gradcam_close(a, g, 1e-10, **kwargs)
-
-
-@pytest.mark.cpp
-@needs_cpp
-def test_cpp_gradcam_double_backward_raises() -> None:
-    a, g = (x.requires_grad_() for x in cpp_gradcam_inputs((2, 3, 4, 4), seed=23))
-    out = functional.gradcam(a, g, normalize="max", backend="cpp")
-    grad_a, _ = torch.autograd.grad(out.sum(), [a, g], create_graph=True)
-    with pytest.raises(RuntimeError, match="gradcam: double backward is not supported"):
-        torch.autograd.grad(grad_a.sum(), [a, g])
 
 
 @pytest.mark.cpp

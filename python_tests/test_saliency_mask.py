@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import f64, needs_cpp
+from conftest import f64, intercept_dispatch, needs_cpp, rand
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from resize_oracle import np_resize
@@ -18,7 +18,7 @@ from torch.library import opcheck
 import amc_kernels
 from amc_kernels import BackendUnavailableError, functional
 from amc_kernels.reference.gradcam import normalize_maps, resize_maps
-from amc_kernels.testing import closed_form_cases
+from amc_kernels.testing import MASK_NEAR, as_arguments, compare_masks
 
 ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 DTYPE_IDS = [pytest.param(dt, id=str(dt).split(".")[-1]) for dt in ALL_DTYPES]
@@ -27,11 +27,6 @@ EPS = 1e-8  # ExCon's min–max constant
 
 def mask(images, saliency, **kwargs) -> tuple[torch.Tensor, torch.Tensor]:
     return functional.saliency_mask(images, saliency, backend="reference", **kwargs)
-
-
-def rand(*shape: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> torch.Tensor:
-    gen = torch.Generator().manual_seed(seed)
-    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
 
 
 # The numpy oracle: bilinear resampling (align_corners=False) as per-axis matrices, ExCon's
@@ -118,15 +113,6 @@ def assert_matches_up_to_round_off(
 
 
 # --- closed form ---
-
-
-@pytest.mark.parametrize(
-    "case", [c for c in closed_form_cases() if c.op == "saliency_mask"], ids=lambda c: c.name
-)
-def test_closed_form_cases(case, device: torch.device) -> None:
-    got, expected = case.run(device)
-    assert got.device.type == device.type and got.dtype == torch.float64
-    torch.testing.assert_close(got.cpu(), expected.cpu(), rtol=0, atol=1e-12)
 
 
 IMAGE = f64([[[[1.0, 2.0], [3.0, 4.0]], [[5.0, 6.0], [7.0, 8.0]]]])  # [1, 2, 2, 2]
@@ -397,19 +383,6 @@ def test_images_dtype_is_kept(dtype: torch.dtype, sal_dtype: torch.dtype) -> Non
         assert_matches((masked, keep), expected)  # 0.25 and the kept pixels are exact
 
 
-def test_non_contiguous_inputs() -> None:
-    images = rand(3, 4, 10, 8, seed=25).to(memory_format=torch.channels_last)
-    saliency = rand(3, 5, 4, seed=26).transpose(1, 2)  # [3, 4, 5]
-    strided = rand(3, 8, 10, 8, seed=27)[:, ::2]
-    assert not saliency.is_contiguous() and not images.is_contiguous()
-    for kwargs in ({"threshold": 0.4}, {"top_fraction": 0.3}):
-        for img in (images, strided):
-            got = mask(img, saliency, **kwargs)
-            expected = mask(img.contiguous(), saliency.contiguous(), **kwargs)
-            assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1])
-            assert_matches(got, np_saliency_mask(img, saliency, **kwargs))
-
-
 @pytest.mark.parametrize("kwargs", [{}, {"top_fraction": 0.3}])
 def test_empty_batch(kwargs: dict, device: torch.device) -> None:
     images = torch.zeros(0, 3, 6, 5, dtype=torch.float16, device=device)
@@ -508,23 +481,9 @@ def test_value_checks_can_be_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
     with pytest.raises(ValueError, match="saliency contains NaN"):
         functional.saliency_mask(IMAGES, saliency)
     monkeypatch.setenv("AMC_KERNELS_CHECK_VALUES", "0")
-    calls = []
-
-    def fake_dispatch(op, backend, tensors, options):
-        calls.append((op, options))
-        return lambda *args, **kwargs: "passed"
-
-    monkeypatch.setattr(functional, "_dispatch_call", fake_dispatch)
+    calls = intercept_dispatch(monkeypatch)
     assert functional.saliency_mask(IMAGES, saliency, top_fraction=0.5) == "passed"
     assert calls == [("saliency_mask", {"threshold": 0.5, "top_fraction": 0.5, "fill": 0.0})]
-
-
-def test_triton_on_cpu_without_interpreter_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
-    with pytest.raises(BackendUnavailableError, match="triton") as info:
-        amc_kernels.saliency_mask(IMAGES, SALIENCY, backend="triton")
-    message = str(info.value)
-    assert "saliency_mask" in message and "reference: usable" in message
 
 
 def test_cpp_backend_is_refused_with_candidates_or_matches_reference() -> None:
@@ -544,18 +503,7 @@ def test_cpp_backend_is_refused_with_candidates_or_matches_reference() -> None:
 # compare decisions exactly everywhere else, and use exactly representable resizes (integer
 # saliency, scale factors 1, 2 and 4) where ties and exact equality matter.
 
-CPP_MASK_DTYPES = [
-    pytest.param(dtype, id=str(dtype)[6:])
-    for dtype in (torch.float64, torch.float32, torch.float16, torch.bfloat16)
-]
-CPP_MASK_SHAPES = {
-    # (B, C, H, W, h, w): one pixel, odd up-sampling, down-sampling, no resize
-    "1x1": (1, 1, 1, 1, 1, 1),
-    "up-odd": (3, 3, 13, 11, 5, 4),
-    "down": (2, 2, 6, 5, 9, 7),
-    "same": (2, 1, 7, 8, 7, 8),
-}
-CPP_MASK_NEAR = 1e-5  # |e − boundary| below which a decision may follow the rounding
+CPP_MASK_NEAR = MASK_NEAR  # |e − boundary| below which a decision may follow the rounding
 
 
 def cpp_mask_inputs(
@@ -577,37 +525,9 @@ def assert_cpp_mask_matches(
     images: torch.Tensor, saliency: torch.Tensor, fill: float = -2.0, **kwargs: object
 ) -> None:
     """Keep masks agree except within CPP_MASK_NEAR of the boundary; images follow the mask."""
-    masked, keep = functional.saliency_mask(images, saliency, fill=fill, **kwargs, backend="cpp")
-    ref_masked, ref_keep = functional.saliency_mask(
-        images, saliency, fill=fill, **kwargs, backend="reference"
-    )
-    assert keep.dtype == torch.bool and masked.dtype == images.dtype
-    assert keep.shape == ref_keep.shape and masked.shape == ref_masked.shape
-    e = cpp_mask_e(images, saliency).flatten(1)
-    if kwargs.get("top_fraction") is None:
-        boundary = torch.full((e.shape[0], 1), float(kwargs.get("threshold", 0.5)), dtype=e.dtype)
-    else:
-        # the k-th largest e per image; both masks keep exactly k pixels
-        k = int(kwargs["top_fraction"] * e.shape[1] + 0.5)
-        assert bool((keep.flatten(1).sum(1) == k).all())
-        boundary = e.sort(dim=1, descending=True).values[:, max(k - 1, 0)][:, None]
-    differs = keep.flatten(1) != ref_keep.flatten(1)
-    near = (e - boundary).abs() < CPP_MASK_NEAR
-    assert not bool((differs & ~near).any()), "keep differs away from the decision boundary"
-    expected = torch.where(keep[:, None], images, torch.full_like(images, fill))
-    assert torch.equal(masked, expected)
-
-
-@pytest.mark.cpp
-@needs_cpp
-@pytest.mark.parametrize("dtype", CPP_MASK_DTYPES)
-@pytest.mark.parametrize("shape", list(CPP_MASK_SHAPES.values()), ids=list(CPP_MASK_SHAPES))
-@pytest.mark.parametrize(
-    "rule", [{"threshold": 0.5}, {"threshold": 0.2}, {"top_fraction": 0.15}], ids=str
-)
-def test_cpp_mask_matches_reference(dtype: torch.dtype, shape: tuple, rule: dict) -> None:
-    images, saliency = cpp_mask_inputs(shape, seed=sum(shape), dtype=dtype)
-    assert_cpp_mask_matches(images, saliency, **rule)
+    arguments = as_arguments("saliency_mask", (images, saliency), {"fill": fill, **kwargs})
+    ok, differing, _ = compare_masks("cpp", arguments)
+    assert ok, f"{differing:.0f} keep decisions differ away from the decision boundary"
 
 
 @pytest.mark.cpp
@@ -657,63 +577,14 @@ def test_cpp_mask_saliency_and_images_in_different_dtypes() -> None:
 
 @pytest.mark.cpp
 @needs_cpp
-def test_cpp_mask_non_contiguous_inputs() -> None:
-    images, saliency = cpp_mask_inputs((3, 3, 10, 12, 4, 5), seed=5)
-    images_view = images.contiguous(memory_format=torch.channels_last)
-    saliency_view = saliency.transpose(1, 2).contiguous().transpose(1, 2)
-    assert not images_view.is_contiguous() and not saliency_view.is_contiguous()
-    for rule in ({"threshold": 0.5}, {"top_fraction": 0.2}):
-        got = functional.saliency_mask(images_view, saliency_view, **rule, backend="cpp")
-        expected = functional.saliency_mask(images, saliency, **rule, backend="cpp")
-        assert all(torch.equal(x, y) for x, y in zip(got, expected, strict=True))
-        assert_cpp_mask_matches(images_view, saliency_view, **rule)
-
-
-@pytest.mark.cpp
-@needs_cpp
-def test_cpp_mask_constant_saliency_and_empty_batch() -> None:
+def test_cpp_mask_constant_saliency() -> None:
+    # (empty batches: test_conformance.py::test_empty_batch)
     images = torch.randn(2, 3, 6, 6)
     constant = torch.full((2, 3, 3), 0.7)  # e = 0 everywhere: nothing above 0.5, k by index
     for rule in ({"threshold": 0.5}, {"threshold": -0.1}, {"top_fraction": 0.25}):
         got = functional.saliency_mask(images, constant, **rule, backend="cpp")
         expected = functional.saliency_mask(images, constant, **rule, backend="reference")
         assert all(torch.equal(x, y) for x, y in zip(got, expected, strict=True))
-    masked, keep = functional.saliency_mask(
-        images[:0], constant[:0], top_fraction=0.5, backend="cpp"
-    )
-    assert masked.shape == (0, 3, 6, 6) and keep.shape == (0, 6, 6) and keep.dtype == torch.bool
-
-
-@pytest.mark.cpp
-@needs_cpp
-def test_cpp_mask_has_no_gradient() -> None:
-    images, saliency = cpp_mask_inputs((2, 3, 5, 5, 3, 3))
-    masked, keep = functional.saliency_mask(
-        images.requires_grad_(), saliency.requires_grad_(), backend="cpp"
-    )
-    assert not masked.requires_grad and not keep.requires_grad
-
-
-@pytest.mark.cpp
-@needs_cpp
-def test_cpp_mask_opcheck() -> None:
-    images, saliency = cpp_mask_inputs((2, 3, 7, 6, 3, 4), seed=7)
-    for top_fraction in (-1.0, 0.3):
-        args = (images, saliency, 0.5, top_fraction, -1.0)
-        opcheck(torch.ops.amc_kernels.saliency_mask_fwd.default, args)
-
-
-@pytest.mark.cpp
-@needs_cpp
-def test_cpp_mask_compiles_fullgraph() -> None:
-    images, saliency = cpp_mask_inputs((2, 3, 7, 6, 3, 4), seed=9)
-
-    def masked_sum(x: torch.Tensor, s: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        masked, keep = functional.saliency_mask(x, s, top_fraction=0.4, backend="cpp")
-        return masked.sum(), keep.sum()
-
-    compiled = torch.compile(masked_sum, fullgraph=True, backend="aot_eager")
-    torch.testing.assert_close(compiled(images, saliency), masked_sum(images, saliency))
 
 
 @pytest.mark.cpp
