@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import f64, longs, needs_cpp, rand, rand_labels
+from conftest import ALL_DTYPES, DTYPE_IDS, ZERO_FP16, f64, longs, needs_cpp, rand, rand_labels
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -18,8 +18,6 @@ from amc_kernels.testing import FLOOR, compare_backend, within_reference_error
 DELTA = 1e-7
 SELF_ANGLE = math.acos(1 - DELTA)
 ANTIPODAL = math.acos(-1 + DELTA)
-ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-DTYPE_IDS = [pytest.param(dt, id=str(dt).split(".")[-1]) for dt in ALL_DTYPES]
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -254,12 +252,6 @@ SPECIAL = {
     # zero rows (x̂ = 0), with a partner of the same label so that the gradient is not trivial
     "zero": ([[0.0, 0.0, 0.0], [1.0, 2.0, -1.0], [0.0, 0.0, 0.0], [0.5, 0.25, 0.0]], [0, 1, 1, 0]),
 }
-
-ZERO_FP16 = pytest.mark.xfail(
-    strict=True,
-    reason="d(x / max(‖x‖, 1e-12))/dx at x = 0 is I·1e12, above the fp16 maximum 65504: the "
-    "gradient of a zero row cannot be finite in fp16 under the DESIGN's eps (reported)",
-)
 
 
 @pytest.mark.parametrize("dtype", DTYPE_IDS)

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import f64, needs_cpp, rand
+from conftest import ALL_DTYPES, ZERO_FP16, f64, needs_cpp, rand
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -19,7 +19,6 @@ DELTA = 1e-7
 SELF_ANGLE = math.acos(1 - DELTA)  # θ of identical vectors: the clamp stops at 1 − 1e-7
 ANTIPODAL = math.acos(-1 + DELTA)  # θ of opposite vectors: π − acos(1 − 1e-7)
 LOW_PRECISION = (torch.float16, torch.bfloat16)
-ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def angular(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
@@ -196,12 +195,6 @@ SPECIAL = {
     "zero": ([[0.0, 0.0, 0.0], [1.0, 2.0, -1.0]], [[0.0, 0.0, 0.0], [-0.5, 0.25, 1.0]]),
 }
 
-ZERO_FP16 = pytest.mark.xfail(
-    strict=True,
-    reason="d(x / max(‖x‖, 1e-12))/dx at x = 0 is I·1e12, above the fp16 maximum 65504: the "
-    "gradient of a zero row cannot be finite in fp16 under the DESIGN's eps (reported)",
-)
-
 
 @pytest.mark.parametrize(
     "dtype",
@@ -363,6 +356,7 @@ def test_cpp_backend_is_refused_with_candidates_or_matches_reference() -> None:
 
 
 # --- cpp backend ---
+
 
 def cpp_angular(x: torch.Tensor, y: torch.Tensor | None = None) -> torch.Tensor:
     return functional.angular_distance(x, y, backend="cpp")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import intercept_dispatch, needs_cpp
+from conftest import ALL_DTYPES, DTYPE_IDS, intercept_dispatch, needs_cpp
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from resize_oracle import np_resize
@@ -18,8 +18,6 @@ from resize_oracle import np_resize
 import amc_kernels
 from amc_kernels import BackendUnavailableError, functional
 
-ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-DTYPE_IDS = [pytest.param(dt, id=str(dt).split(".")[-1]) for dt in ALL_DTYPES]
 EPS = 1e-8  # the +1e-8 of CGC's sum normalisation (both the divisor and the floor)
 
 

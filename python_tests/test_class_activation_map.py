@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from conftest import f64, intercept_dispatch, longs, needs_cpp, rand
+from conftest import DTYPE_IDS, f64, intercept_dispatch, longs, needs_cpp, rand
 from conftest import rand_labels as rand_targets
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -15,9 +15,6 @@ from torch.library import opcheck
 import amc_kernels
 from amc_kernels import BackendUnavailableError, functional
 from amc_kernels.testing import compare_backend
-
-ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-DTYPE_IDS = [pytest.param(dt, id=str(dt).split(".")[-1]) for dt in ALL_DTYPES]
 
 
 def cam(activations: torch.Tensor, fc_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

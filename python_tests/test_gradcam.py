@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import f64, needs_cpp, rand
+from conftest import DTYPE_IDS, f64, needs_cpp, rand
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from resize_oracle import np_resize
@@ -16,8 +16,6 @@ import amc_kernels
 from amc_kernels import BackendUnavailableError, functional
 from amc_kernels.testing import GRADCAM_OPTIONS, compare_backend, within_reference_error
 
-ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-DTYPE_IDS = [pytest.param(dt, id=str(dt).split(".")[-1]) for dt in ALL_DTYPES]
 WEIGHTINGS = ("mean", "elementwise")
 NORMALIZATIONS = (None, "max", "minmax", "sum")
 EPS = 1e-8  # the constant of every map normalisation (DESIGN §2.4)

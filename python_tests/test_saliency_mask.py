@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import f64, intercept_dispatch, needs_cpp, rand
+from conftest import DTYPE_IDS, f64, intercept_dispatch, needs_cpp, rand
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from resize_oracle import np_resize
@@ -20,8 +20,6 @@ from amc_kernels import BackendUnavailableError, functional
 from amc_kernels.reference.gradcam import normalize_maps, resize_maps
 from amc_kernels.testing import MASK_NEAR, as_arguments, compare_masks
 
-ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-DTYPE_IDS = [pytest.param(dt, id=str(dt).split(".")[-1]) for dt in ALL_DTYPES]
 EPS = 1e-8  # ExCon's min–max constant
 
 

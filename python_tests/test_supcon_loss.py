@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import f64, longs, needs_cpp, rand, rand_labels
+from conftest import ALL_DTYPES, DTYPE_IDS, ZERO_FP16, f64, longs, needs_cpp, rand, rand_labels
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -16,8 +16,6 @@ import amc_kernels
 from amc_kernels import BackendUnavailableError, functional
 from amc_kernels.testing import FLOOR, compare_backend, within_reference_error
 
-ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-DTYPE_IDS = [pytest.param(dt, id=str(dt).split(".")[-1]) for dt in ALL_DTYPES]
 REDUCTIONS = ("mean", "sum", "none")
 E = math.e
 
@@ -338,12 +336,6 @@ SPECIAL = {
     # zero views (ẑ = 0)
     "zero": [[[0.0, 0.0, 0.0], [1.0, 2.0, -1.0]], [[0.5, 0.25, 0.0], [0.0, 0.0, 0.0]]],
 }
-
-ZERO_FP16 = pytest.mark.xfail(
-    strict=True,
-    reason="d(x / max(‖x‖, 1e-12))/dx at x = 0 is I·1e12, above the fp16 maximum 65504: the "
-    "gradient of a zero row cannot be finite in fp16 under the DESIGN's eps (reported)",
-)
 
 
 @pytest.mark.parametrize("dtype", DTYPE_IDS)
