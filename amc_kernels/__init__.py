@@ -7,6 +7,7 @@ backend per call (``backend=``), per block (:func:`use_backend`) or per process
 on first use, from the table in :mod:`amc_kernels._dispatch`.
 """
 
+from . import nn
 from ._dispatch import BACKENDS, BackendUnavailableError, use_backend
 from ._version import __version__
 from .functional import (
@@ -18,8 +19,6 @@ from .functional import (
     saliency_mask,
     supcon_loss,
 )
-
-from . import nn  # noqa: E402  (modules build on the functions above)
 
 __all__ = [
     "BACKENDS",

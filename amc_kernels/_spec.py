@@ -131,7 +131,9 @@ def _labels(op: str, labels: object, features: torch.Tensor) -> torch.Tensor:
 
 def _like(op: str, name: str, x: object, other_name: str, other: torch.Tensor) -> torch.Tensor:
     """A floating tensor of the same shape, dtype and device as `other`."""
-    x = _features(op, name, x, (other.dim(),), str(list(other.shape)) + f" (as {other_name})")
+    x = check.floating(op, name, x)
+    if x.dim() != other.dim():  # the message is built only here: no graph break when compiling
+        check.ndim(op, name, x, (other.dim(),), f"{list(other.shape)} (as {other_name})")
     check.same_device(op, name, x, other_name, other)
     check.same_dtype(op, name, x, other_name, other)
     if x.shape != other.shape:

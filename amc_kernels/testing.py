@@ -28,6 +28,7 @@ import torch
 
 from . import _dispatch, functional, reference
 from ._clamp_convention import CLAMP_GRAD_AT_BOUNDS
+from ._register import library_op
 from ._spec import OPS, SPECS
 
 Arguments = dict[str, Any]
@@ -410,9 +411,9 @@ def _class_activation_map_variants() -> list[Variant]:
     ]
 
 
-def _edge_crops(size: int) -> tuple[list[tuple[int, int, int, int]], list[bool]]:
+def cgc_edge_crops(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """The identity crop (twice), 1×1 crops in two corners, full-length strips on two borders
-    and non-square interior crops; every other one flipped."""
+    and non-square interior crops; every other one flipped. (crops [8, 4], flips [8])"""
     boxes = [
         (0, 0, size, size),
         (0, 0, size, size),
@@ -423,7 +424,7 @@ def _edge_crops(size: int) -> tuple[list[tuple[int, int, int, int]], list[bool]]
         (1, 2, size - 3, size - 5),
         (size // 3, size // 5, size // 2, size // 4 + 1),
     ]
-    return boxes, [i % 2 == 1 for i in range(len(boxes))]
+    return torch.tensor(boxes), torch.arange(len(boxes)) % 2 == 1
 
 
 def _cgc_loss_variants() -> list[Variant]:
@@ -444,11 +445,9 @@ def _cgc_loss_variants() -> list[Variant]:
             elif kind == "int32-crops":
                 arguments["crops"] = arguments["crops"].to(torch.int32)
             elif kind == "edge":
-                boxes, flags = _edge_crops(frame)
-                repeat = -(-n // len(boxes))
-                crops = torch.tensor((boxes * repeat)[:n], dtype=torch.long).reshape(n, 4)
-                flips = torch.tensor((flags * repeat)[:n], dtype=torch.bool)
-                arguments.update(crops=crops.to(r.device), flips=flips.to(r.device))
+                crops, flips = cgc_edge_crops(frame)
+                cycle = torch.arange(n) % len(crops)
+                arguments.update(crops=crops[cycle].to(r.device), flips=flips[cycle].to(r.device))
             return arguments
 
         return make
@@ -749,10 +748,6 @@ def library_ops(op: str, backend: str) -> tuple[str, str | None] | None:
     return f"{prefix}_fwd", (f"{prefix}_bwd" if SPECS[op].differentiable else None)
 
 
-def library_op(name: str) -> Any:
-    return getattr(torch.ops.amc_kernels, name)
-
-
 def schema(name: str) -> str:
     return str(library_op(name).default._schema)
 
@@ -836,6 +831,7 @@ __all__ = [
     "as_arguments",
     "backward_arguments",
     "call",
+    "cgc_edge_crops",
     "closed_form_cases",
     "compare_backend",
     "compare_masks",

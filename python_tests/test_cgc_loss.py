@@ -17,6 +17,7 @@ from resize_oracle import np_resize
 
 import amc_kernels
 from amc_kernels import BackendUnavailableError, functional
+from amc_kernels.testing import cgc_edge_crops
 
 EPS = 1e-8  # the +1e-8 of CGC's sum normalisation (both the divisor and the floor)
 
@@ -562,22 +563,6 @@ def cgc_random_crops(batch: int, size: int, seed: int) -> tuple[torch.Tensor, to
     left = (torch.rand(batch, generator=gen, dtype=torch.float64) * (size - width + 1)).long()
     flips = torch.rand(batch, generator=gen) < 0.5
     return torch.stack([top, left, height, width], dim=1), flips
-
-
-def cgc_edge_crops(size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """The identity crop (twice), 1×1 crops in two corners, full-length strips on two borders
-    and non-square interior crops; every other one flipped."""
-    boxes = [
-        (0, 0, size, size),
-        (0, 0, size, size),
-        (0, 0, 1, 1),
-        (size - 1, size - 1, 1, 1),
-        (0, size - 1, size, 1),
-        (size - 1, 0, 1, size),
-        (1, 2, size - 3, size - 5),
-        (size // 3, size // 5, size // 2, size // 4 + 1),
-    ]
-    return torch.tensor(boxes), torch.arange(len(boxes)) % 2 == 1
 
 
 # An extended-precision oracle, independent of amc_kernels: the literal size×size pipeline of

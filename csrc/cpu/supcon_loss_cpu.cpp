@@ -644,8 +644,8 @@ std::tuple<at::Tensor, at::Tensor> supcon_loss_bwd_cpu(
   // backward (at ‖x‖ = ε the form of newer torch: the op has no clamp_grad_at_bounds).
   const auto input_grad = [&](int64_t begin, int64_t count) {
     const at::Tensor grad_rows = grad_z.narrow(0, begin, count);
-    if (!normalize) {
-      return grad_rows.to(features.scalar_type());
+    if (!normalize) {  // a fresh tensor, never a view into grad_z
+      return grad_rows.to(features.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
     }
     const UnitRows rows{p.z.narrow(0, begin, count), p.norms.narrow(0, begin, count)};
     return unit_rows_backward(rows, grad_rows, features.scalar_type(),
