@@ -1,6 +1,6 @@
 """Builds amc_kernels._C: the C++ CPU kernels always, the CUDA kernels when a toolkit is usable.
 
-Switches (DESIGN §8):
+Switches (docs/design.md#8-build-and-wheels):
   AMC_KERNELS_BUILD_CPP=0     build no extension at all (pure Python: reference and Triton only)
   AMC_KERNELS_SKIP_CUDA=1     never build the CUDA kernels
   AMC_KERNELS_FORCE_CUDA=1    build the CUDA kernels even when torch or the toolkit looks unusable

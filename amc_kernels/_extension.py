@@ -16,6 +16,7 @@ def load_error() -> str | None:
     except ImportError as error:
         return f"amc_kernels._C is not built ({error}); reinstall with the C++ build enabled"
     from .cpp_ops import selfcheck  # noqa: F401  (the self-check op's fake kernel)
+
     return None
 
 

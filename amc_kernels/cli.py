@@ -2,7 +2,8 @@
 
 info   versions, the build of amc_kernels._C, and the usable backends per op and device
 check  every usable backend against the reference on this machine's devices (exit 1 on failure)
-bench  time and peak memory of every op, backend and peer (amc_kernels.benchmarks; DESIGN §6)
+bench  time and peak memory of every op, backend and peer (amc_kernels.benchmarks;
+docs/design.md#6-benchmarks)
 train  one training recipe: metrics JSON, checkpoint and Grad-CAM figure under --out
 compare  several recipes on the same data and seed: a side-by-side table and one figure
 """
@@ -219,7 +220,8 @@ def build_parser() -> argparse.ArgumentParser:
     bench = commands.add_parser(
         "bench",
         help="time and peak memory per op, backend and peer",
-        description="Microbenchmarks (DESIGN §6): a quick sweep of every op by default.",
+        description="Microbenchmarks (docs/design.md#6-benchmarks): a quick sweep of every op "
+        "by default.",
     )
     _harness.add_arguments(bench, cli=True)
     bench.set_defaults(run=_harness.run_cli)

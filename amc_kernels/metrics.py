@@ -1,4 +1,5 @@
-"""Batched metrics of accuracy, calibration and explanation quality (DESIGN §2.8).
+"""Batched metrics of accuracy, calibration and explanation quality
+(docs/design.md#28-modules-and-helpers).
 
 Notation: a batch of B images [B, C, H, W], saliency maps [B, h, w] (Grad-CAM, CAM, ...), object
 masks [B, H, W] bool. Maps at another resolution than the image are resized bilinearly

@@ -7,7 +7,8 @@
   shapes, larger than one tile, that every backend must reproduce (like torchvision's
   RoIOpTester or OpInfo's sample inputs).
 * :func:`compare_backend`: a backend against the reference, forward and gradients, under the
-  low-precision rule of DESIGN §7: its error against the fp64 reference is at most twice the
+  low-precision rule of docs/design.md#7-tests: its error against the fp64 reference is at most
+  twice the
   error of the same-dtype reference, plus a floor. Keep masks (saliency_mask) must agree except
   within round-off of the decision boundary.
 * :func:`dispatch_call`, :func:`library_ops`, :func:`forward_arguments`,
@@ -664,7 +665,7 @@ def compare_backend(
 
     `arguments` are the op's arguments by name, or positional arguments of ``functional.<op>``
     with `kwargs`. The value and the gradient of every differentiable input must have the
-    reference's shape and dtype, and lie within the low-precision rule of DESIGN §7.
+    reference's shape and dtype, and lie within the low-precision rule of docs/design.md#7-tests.
     """
     if not isinstance(arguments, dict):
         arguments = as_arguments(op, arguments, kwargs)

@@ -1,4 +1,5 @@
-"""Microbenchmarks of every op (DESIGN §6), installed as ``amc_kernels.benchmarks``.
+"""Microbenchmarks of every op (docs/design.md#6-benchmarks), installed as
+``amc_kernels.benchmarks``.
 
 ``bench_<op>.py`` declares one op's sweep (sizes, fresh random inputs, analytic FLOPs and bytes,
 peers) with the types of ``_harness.py``; ``_plan.py`` turns it into cases and runs them,

@@ -1,4 +1,5 @@
-"""Where a case runs (DESIGN §6): on CPU a fresh process per case, forked from a server that has
+"""Where a case runs (docs/design.md#6-benchmarks): on CPU a fresh process per case, forked from a
+server that has
 imported the harness, so that one case's allocations never hide another's peak resident set; on
 CUDA this process, whose allocator statistics are per call already."""
 

@@ -1,4 +1,5 @@
-"""One case measured in this process (DESIGN §6): every mode's warm-up, peak memory and time.
+"""One case measured in this process (docs/design.md#6-benchmarks): every mode's warm-up, peak
+memory and time.
 
 A case is (op, variant, size, dim, dtype, provider). Its inputs are drawn fresh, seeded by the
 case so that every provider of a size gets the same values; the inputs that need a gradient

@@ -1,4 +1,5 @@
-"""The device's roofline (DESIGN §6), measured once per run: the square matmul rate per dtype and
+"""The device's roofline (docs/design.md#6-benchmarks), measured once per run: the square matmul
+rate per dtype and
 the bandwidth of a large copy, against which each row's analytic FLOPs and bytes are set."""
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """Benchmark of cgc_loss: B pairs of h×h ReLU'd maps in a 224×224 frame, random crops and flips.
 
-Analytic work per call, counted for the fused algorithm of DESIGN §2.6 (the per-axis
+Analytic work per call, counted for the fused algorithm of docs/design.md#26-cgc_loss (the per-axis
 resampling matrices; no 224×224 map), with s bytes per element:
   forward    2·B²·h² (the B×B Gram of the maps under the resampling metric) + 8·B·h³ (each
              map's two per-axis quadratic forms, for the crop and for the frame) FLOPs;

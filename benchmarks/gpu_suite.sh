@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU suite (DESIGN §6): one command on a GPU machine, no network needed.
+# The GPU suite (docs/design.md#6-benchmarks): one command on a GPU machine, no network needed.
 #
 #   bash benchmarks/gpu_suite.sh OUTDIR
 #

@@ -1,4 +1,5 @@
-"""amc_loss (DESIGN §2.2): closed forms, a numpy oracle, gradients, dtypes, validation."""
+"""amc_loss (docs/design.md#22-amc_loss): closed forms, a numpy oracle, gradients, dtypes,
+validation."""
 
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ def amc(features: torch.Tensor, labels: torch.Tensor, **kwargs: object) -> torch
     return functional.amc_loss(features, labels, backend="reference", **kwargs)
 
 
-# The numpy oracle: DESIGN §2.2 with plain loops in float64, independent of amc_kernels.
+# The numpy oracle: docs/design.md#22-amc_loss with plain loops in float64, independent of
+# amc_kernels.
 
 
 def np_angle(u: np.ndarray, v: np.ndarray) -> float:

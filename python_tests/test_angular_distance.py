@@ -1,4 +1,5 @@
-"""angular_distance (DESIGN §2.1): closed forms, a numpy oracle, gradients, dtypes, validation."""
+"""angular_distance (docs/design.md#21-angular_distance): closed forms, a numpy oracle, gradients,
+dtypes, validation."""
 
 from __future__ import annotations
 

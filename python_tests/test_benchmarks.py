@@ -1,4 +1,5 @@
-"""The benchmark harness (DESIGN §6): statistics, memory, providers, CSV, plots, CLI, GPU suite."""
+"""The benchmark harness (docs/design.md#6-benchmarks): statistics, memory, providers, CSV, plots,
+CLI, GPU suite."""
 
 from __future__ import annotations
 

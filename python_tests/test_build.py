@@ -1,4 +1,5 @@
-"""The build (DESIGN §8): setup.py's switches, amc_kernels._C's build information, and the shared
+"""The build (docs/design.md#8-build-and-wheels): setup.py's switches, amc_kernels._C's build
+information, and the shared
 online log-sum-exp compiled into the extension (CPU here; CUDA on a GPU machine)."""
 
 from __future__ import annotations

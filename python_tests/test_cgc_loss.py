@@ -1,4 +1,5 @@
-"""cgc_loss (DESIGN §2.6): closed forms, the literal pipeline in numpy, gradients, dtypes,
+"""cgc_loss (docs/design.md#26-cgc_loss): closed forms, the literal pipeline in numpy, gradients,
+dtypes,
 validation."""
 
 from __future__ import annotations
@@ -396,8 +397,8 @@ def test_all_zero_maps_stay_finite() -> None:
 
 @pytest.mark.xfail(
     reason="at all-zero maps the exact gradient is 0, but the computed one is round-off "
-    "amplified by ~1/ε² (ε = 1e-8, DESIGN §2.6): finite in fp32/fp64, above the fp16 maximum "
-    "once cast back to fp16 (reported)"
+    "amplified by ~1/ε² (ε = 1e-8, docs/design.md#26-cgc_loss): finite in fp32/fp64, above "
+    "the fp16 maximum once cast back to fp16 (reported)"
 )
 def test_all_zero_maps_fp16_gradient_is_finite() -> None:
     zero = torch.zeros(3, 3, 3, dtype=torch.float16, requires_grad=True)
@@ -566,7 +567,8 @@ def cgc_random_crops(batch: int, size: int, seed: int) -> tuple[torch.Tensor, to
 
 
 # An extended-precision oracle, independent of amc_kernels: the literal size×size pipeline of
-# DESIGN §2.6 in np.longdouble (a 64-bit mantissa on x86-64), with its gradient by hand. At
+# docs/design.md#26-cgc_loss in np.longdouble (a 64-bit mantissa on x86-64), with its gradient by
+# hand. At
 # size 224 the fp64 reference itself is off by ~2e-12 (sums over 50 176 pixels); this is ~1e-18.
 
 
@@ -697,7 +699,8 @@ def assert_cgc_matches_reference(*args: object, **kwargs: object) -> None:
 @pytest.mark.parametrize("size", [16, 37, 224])
 @pytest.mark.parametrize(("h", "w"), [(1, 1), (3, 5), (7, 7)])
 def test_cpp_cgc_fp64_exact_over_crop_shapes(size: int, h: int, w: int) -> None:
-    # Against the extended-precision oracle: the loss to 1e-14 (DESIGN §2.6), the gradients to
+    # Against the extended-precision oracle: the loss to 1e-14 (docs/design.md#26-cgc_loss), the
+    # gradients to
     # 1e-12 of their largest entry (1×1 maps make every map constant: the gradient is 0).
     crops, flips = cgc_edge_crops(size)
     cam_orig, cam_aug = cgc_maps(len(crops), h, w, seed=size + h)
@@ -768,7 +771,8 @@ def test_cpp_cgc_constant_maps_give_log_batch_at_any_size() -> None:
 
 def assert_cgc_within_oracle_rule(backend: str, *args: object, **kwargs: object) -> None:
     """fp64 against the extended-precision oracle: the backend's error is at most twice the fp64
-    reference's own (DESIGN §7) or 1e-12 of the largest entry, plus a 1e-14 floor. The reference
+    reference's own (docs/design.md#7-tests) or 1e-12 of the largest entry, plus a 1e-14 floor. The
+    reference
     itself is ~1e-12 off on some crops, so 1e-12 against the reference cannot be the rule."""
     got = cgc_value_and_grads(backend, *args, **kwargs)
     expected = cgc_value_and_grads("reference", *args, **kwargs)

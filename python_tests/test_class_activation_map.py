@@ -1,4 +1,5 @@
-"""class_activation_map (DESIGN §2.5): closed forms, a numpy oracle, the Grad-CAM equivalence,
+"""class_activation_map (docs/design.md#25-class_activation_map): closed forms, a numpy oracle, the
+Grad-CAM equivalence,
 gradients, dtypes, validation."""
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""The command line (DESIGN §2.9): `info` and `check`."""
+"""The command line (docs/design.md#29-command-line): `info` and `check`."""
 
 from __future__ import annotations
 

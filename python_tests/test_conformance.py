@@ -1,4 +1,5 @@
-"""Conformance: every backend of every op against the contract (DESIGN §3, §7).
+"""Conformance: every backend of every op against the contract
+(docs/design.md#3-backends-and-dispatch, §7).
 
 Parametrised over op × backend × device × sample variant × dtype, read off the op specs
 (``amc_kernels._spec.SPECS``), the implementation table (``_dispatch.IMPLEMENTATIONS``) and the

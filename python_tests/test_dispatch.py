@@ -1,4 +1,5 @@
-"""The dispatcher (DESIGN §3): precedence, refusals, quiet fallback, logging, metadata only."""
+"""The dispatcher (docs/design.md#3-backends-and-dispatch): precedence, refusals, quiet fallback,
+logging, metadata only."""
 
 from __future__ import annotations
 

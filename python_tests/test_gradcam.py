@@ -1,4 +1,5 @@
-"""gradcam (DESIGN §2.4): closed forms, a numpy oracle, gradients, dtypes, validation."""
+"""gradcam (docs/design.md#24-gradcam): closed forms, a numpy oracle, gradients, dtypes,
+validation."""
 
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from amc_kernels.testing import GRADCAM_OPTIONS, compare_backend, within_referen
 
 WEIGHTINGS = ("mean", "elementwise")
 NORMALIZATIONS = (None, "max", "minmax", "sum")
-EPS = 1e-8  # the constant of every map normalisation (DESIGN §2.4)
+EPS = 1e-8  # the constant of every map normalisation (docs/design.md#24-gradcam)
 
 
 def gradcam(activations: torch.Tensor, gradients: torch.Tensor, **kwargs) -> torch.Tensor:
@@ -32,7 +33,8 @@ def positive(*shape: int, seed: int = 0) -> torch.Tensor:
 
 
 # The numpy oracle: bilinear resampling (align_corners=False) as per-axis matrices, then
-# DESIGN §2.4 step by step in float64. It never calls amc_kernels.reference or F.interpolate.
+# docs/design.md#24-gradcam step by step in float64. It never calls amc_kernels.reference or
+# F.interpolate.
 
 
 def np_normalize(m: np.ndarray, mode: str | None) -> np.ndarray:

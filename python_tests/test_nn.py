@@ -1,4 +1,5 @@
-"""Modules (DESIGN §2.8): the loss modules, and GradCAM on a real model."""
+"""Modules (docs/design.md#28-modules-and-helpers): the loss modules, and GradCAM on a real
+model."""
 
 from __future__ import annotations
 

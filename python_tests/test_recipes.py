@@ -1,4 +1,5 @@
-"""Training recipes (DESIGN §2.9): data loaders, augmentation, one short run of every recipe,
+"""Training recipes (docs/design.md#29-command-line): data loaders, augmentation, one short run of
+every recipe,
 checkpoints, and the `train` / `compare` commands. Everything runs on tiny data in seconds."""
 
 from __future__ import annotations

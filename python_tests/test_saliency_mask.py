@@ -1,4 +1,5 @@
-"""saliency_mask (DESIGN §2.7): closed forms, a numpy oracle, no gradients, dtypes,
+"""saliency_mask (docs/design.md#27-saliency_mask): closed forms, a numpy oracle, no gradients,
+dtypes,
 validation."""
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""supcon_loss (DESIGN §2.3): closed forms, a numpy oracle, gradients, dtypes, validation."""
+"""supcon_loss (docs/design.md#23-supcon_loss): closed forms, a numpy oracle, gradients, dtypes,
+validation."""
 
 from __future__ import annotations
 
@@ -29,7 +30,8 @@ def close(got: torch.Tensor, expected: float) -> None:
     assert abs(got.item() - expected) < 1e-12, (got.item(), expected)
 
 
-# The numpy oracle: DESIGN §2.3 (SupContrast losses.py at HEAD) with plain loops in float64.
+# The numpy oracle: docs/design.md#23-supcon_loss (SupContrast losses.py at HEAD) with plain loops
+# in float64.
 
 
 def np_supcon(
@@ -520,7 +522,7 @@ def run_with_grads(backend: str, features, labels, negatives, **kwargs) -> list[
 
 
 def assert_cpp_matches_reference(features, labels=None, negatives=None, **kwargs) -> None:
-    """Value and gradients under the low-precision rule of DESIGN §7."""
+    """Value and gradients under the low-precision rule of docs/design.md#7-tests."""
     got = run_with_grads("cpp", features, labels, negatives, **kwargs)
     same = run_with_grads("reference", features, labels, negatives, **kwargs)
     exact = run_with_grads(

@@ -1,4 +1,4 @@
-"""Data sets of the recipes. Nothing is ever downloaded (DESIGN §9).
+"""Data sets of the recipes. Nothing is ever downloaded (docs/design.md#9-environment).
 
 - ``shapes`` (the default): generated in memory from a seed. Six shape classes at random
   positions, scales, small rotations and colours on textured clutter (a smooth colour field,

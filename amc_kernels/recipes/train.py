@@ -1,4 +1,5 @@
-"""The training recipes, their evaluation, and checkpoints (DESIGN §2.9, SOURCES.md).
+"""The training recipes, their evaluation, and checkpoints (docs/design.md#29-command-line,
+SOURCES.md).
 
 Recipes (``config.loss``), all through the package's public losses and so its fastest backend:
 

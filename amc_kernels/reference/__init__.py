@@ -1,4 +1,5 @@
-"""The pure-PyTorch reference of every op: the executable spec and the test oracle (DESIGN §3).
+"""The pure-PyTorch reference of every op: the executable spec and the test oracle
+(docs/design.md#3-backends-and-dispatch).
 
 Each function follows its DESIGN formula literally, runs on every device and dtype (arithmetic
 in fp32, fp64 for fp64 inputs) and is differentiable by autograd where the op has a gradient.

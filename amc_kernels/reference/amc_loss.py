@@ -1,4 +1,4 @@
-"""Reference: the Angular Margin Contrastive loss (DESIGN §2.2)."""
+"""Reference: the Angular Margin Contrastive loss (docs/design.md#22-amc_loss)."""
 
 from __future__ import annotations
 

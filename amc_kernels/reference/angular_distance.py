@@ -1,4 +1,4 @@
-"""Reference: pairwise angular distance (DESIGN §2.1)."""
+"""Reference: pairwise angular distance (docs/design.md#21-angular_distance)."""
 
 from __future__ import annotations
 

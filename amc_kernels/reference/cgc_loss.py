@@ -1,4 +1,5 @@
-"""Reference: the Contrastive Grad-CAM Consistency loss, literally at size × size (DESIGN §2.6)."""
+"""Reference: the Contrastive Grad-CAM Consistency loss, literally at size × size
+(docs/design.md#26-cgc_loss)."""
 
 from __future__ import annotations
 

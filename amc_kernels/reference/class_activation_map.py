@@ -1,4 +1,5 @@
-"""Reference: class activation maps of a GAP → Linear head (DESIGN §2.5)."""
+"""Reference: class activation maps of a GAP → Linear head
+(docs/design.md#25-class_activation_map)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""Reference: batched Grad-CAM reduction with resizing and normalisation (DESIGN §2.4)."""
+"""Reference: batched Grad-CAM reduction with resizing and normalisation
+(docs/design.md#24-gradcam)."""
 
 from __future__ import annotations
 

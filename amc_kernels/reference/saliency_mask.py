@@ -1,4 +1,4 @@
-"""Reference: ExCon's saliency-masked view (DESIGN §2.7)."""
+"""Reference: ExCon's saliency-masked view (docs/design.md#27-saliency_mask)."""
 
 from __future__ import annotations
 

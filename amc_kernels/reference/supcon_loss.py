@@ -1,4 +1,4 @@
-"""Reference: supervised contrastive loss, SupCon/SimCLR (DESIGN §2.3)."""
+"""Reference: supervised contrastive loss, SupCon/SimCLR (docs/design.md#23-supcon_loss)."""
 
 from __future__ import annotations
 

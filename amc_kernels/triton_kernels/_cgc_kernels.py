@@ -1,4 +1,5 @@
-"""The Triton kernels of cgc_loss (DESIGN §2.6); the host side and the math are in cgc_loss.py.
+"""The Triton kernels of cgc_loss (docs/design.md#26-cgc_loss); the host side and the math are in
+cgc_loss.py.
 
 Batched matmul (per-axis products, the Gram ⟨c'_b, Z_j⟩, Ω·Z), the per-sample sandwiches
 L_b M_b R_b with their bilinear forms, and the cross-entropy over the B×B cosines with an

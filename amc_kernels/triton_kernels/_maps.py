@@ -1,4 +1,4 @@
-"""Triton kernels shared by gradcam and class_activation_map (DESIGN §2.4, §2.5).
+"""Triton kernels shared by gradcam and class_activation_map (docs/design.md#24-gradcam, §2.5).
 
 raw_b = Σ_k w_bk·A_bk (or Σ_k G_bk ⊙ A_bk) fused over K, and its transpose (the chain rule
 back to A, G and the weights), each on [BLOCK_K, BLOCK_HW] tiles of one map.

@@ -1,4 +1,5 @@
-"""Scalar math of the Triton kernels, the mirror of csrc/include/amc_kernels/math.h (DESIGN §5).
+"""Scalar math of the Triton kernels, the mirror of csrc/include/amc_kernels/math.h
+(docs/design.md#5-kernel-rules).
 
 Every function works elementwise on fp32 or fp64 tensors; ``FP64`` (constexpr) says which, so
 that the constants and the precise operations are chosen at compile time.

@@ -1,4 +1,5 @@
-"""Triton amc_loss (DESIGN §2.2): the all-pairs loss in O(N) memory, and the official halves.
+"""Triton amc_loss (docs/design.md#22-amc_loss): the all-pairs loss in O(N) memory, and the official
+halves.
 
 pairs="all": one program per block of rows streams column tiles; ℓ_ij never leaves the chip.
 "mean"/"sum" need each unordered pair once, so a row block streams only the column blocks from

@@ -1,4 +1,5 @@
-"""Triton angular_distance (DESIGN §2.1): fused normalisation, product, clamp and arccos.
+"""Triton angular_distance (docs/design.md#21-angular_distance): fused normalisation, product, clamp
+and arccos.
 
 Forward: θ_ij = arccos(clamp(⟨x_i, y_j⟩·ix_i·iy_j, −1+δ, 1−δ)) with ix = 1/max(‖x‖, NORM_EPS)
 computed first by a small kernel, one output tile per program.

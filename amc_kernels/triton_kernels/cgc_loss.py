@@ -1,4 +1,4 @@
-"""Triton cgc_loss (DESIGN §2.6): the CGC loss exactly, on the native h×w maps.
+"""Triton cgc_loss (docs/design.md#26-cgc_loss): the CGC loss exactly, on the native h×w maps.
 
 No size×size map exists, forward or backward. R_h (size×h) and R_w (size×w) are the bilinear
 resizes to size (align_corners=False, torch's taps), r = Rᵀ1 and K = RᵀR per axis. Sample b's crop
@@ -16,7 +16,8 @@ sandwiches and Ω·Z (matmul kernel); the O(B·h·w) combination is elementwise 
 output_mask, ∂L/∂cam_orig alone skips the Ω matrix, the back sandwich and Ω·Z; ∂L/∂cam_aug
 alone skips storing the two sandwiches of cam_orig. The kernels are in _cgc_kernels.py.
 Memory: O(B·size·(h + w)) for the crop matrices, O(B·h·w) maps, O(B²) for the Gram and Ω
-(DESIGN §2.6 allows B², as the C++ kernels use). No atomics: every output has one writer.
+(docs/design.md#26-cgc_loss allows B², as the C++ kernels use). No atomics: every output has one
+writer.
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""Triton class_activation_map (DESIGN §2.5): CAM_b = Σ_k W[t_b, k]·A_bk / (H·W), fused over K.
+"""Triton class_activation_map (docs/design.md#25-class_activation_map): CAM_b = Σ_k W[t_b, k]·A_bk
+/ (H·W), fused over K.
 
 Forward: weighted_sum_kernel with the weight row gathered at t_b (one pixel tile per program;
 channels split over programs, atomically, for small maps).

@@ -1,4 +1,5 @@
-"""Triton gradcam (DESIGN §2.4): weighting fused over K, ReLU, bilinear resize, normalisation.
+"""Triton gradcam (docs/design.md#24-gradcam): weighting fused over K, ReLU, bilinear resize,
+normalisation.
 
 Forward: α_bk = mean_hw G_bk (alpha_kernel, "mean" only); raw_b = Σ_k α_bk·A_bk or
 Σ_k G_bk ⊙ A_bk (weighted_sum_kernel); y_b = resize(ReLU(raw_b)) with per-tile max/min/sum

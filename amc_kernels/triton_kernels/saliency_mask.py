@@ -1,4 +1,4 @@
-"""Triton saliency_mask (DESIGN §2.7): ExCon's masked view, not differentiable.
+"""Triton saliency_mask (docs/design.md#27-saliency_mask): ExCon's masked view, not differentiable.
 
 e = (s − min)/((max − min) + MAP_EPS) with s the saliency resized bilinearly to the images' H×W,
 recomputed from the small [h, w] map wherever it is needed (never stored).

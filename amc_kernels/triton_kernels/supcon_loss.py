@@ -1,4 +1,5 @@
-"""Triton supcon_loss (DESIGN §2.3): flash-style SupCon/SimCLR, never an A×(VN+M) matrix.
+"""Triton supcon_loss (docs/design.md#23-supcon_loss): flash-style SupCon/SimCLR, never an A×(VN+M)
+matrix.
 
 Rows: the contrast matrix Z [C, D], C = VN + M, is the views stacked view-major (row v·N + n)
 and then the negatives; the anchors are its first A rows (A = VN for "all", N for "one").

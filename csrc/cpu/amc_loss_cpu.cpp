@@ -1,4 +1,4 @@
-// amc_loss_fwd and amc_loss_bwd on CPU (DESIGN §2.2).
+// amc_loss_fwd and amc_loss_bwd on CPU (docs/design.md#22-amc_loss).
 // Formula: ℓ_ij = S_ij·θ_ij² + (1 − S_ij)·max(0, m − θ_ij)², S_ij = 1[y_i = y_j],
 //   θ_ij = arccos(clamp(⟨ẑ_i, ẑ_j⟩, −1 + δ, 1 − δ)), ẑ = z / max(‖z‖, ε) (ε = norm_eps, δ of
 //   cosine_bound, math.h). The backward computes nothing when output_mask leaves the gradient out.

@@ -1,4 +1,4 @@
-// angular_distance_fwd and angular_distance_bwd on CPU (DESIGN §2.1).
+// angular_distance_fwd and angular_distance_bwd on CPU (docs/design.md#21-angular_distance).
 // Formula: θ_ij = arccos(clamp(⟨x̂_i, ŷ_j⟩, −1 + δ, 1 − δ)), x̂ = x / max(‖x‖, ε), with
 //   ε = norm_eps and δ from cosine_bound (math.h); y = None means y = x. Backward: G = grad ⊙
 //   dθ/dc (zero outside the clamp; at its bounds as the running torch's clamp, see

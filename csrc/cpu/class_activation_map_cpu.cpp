@@ -1,4 +1,5 @@
-// class_activation_map_fwd and class_activation_map_bwd on CPU (DESIGN §2.5).
+// class_activation_map_fwd and class_activation_map_bwd on CPU
+// (docs/design.md#25-class_activation_map).
 // Formula: CAM_b = Σ_k W[t_b, k]·A_bk / (H·W).
 // Backward, with ĝ_b = dCAM_b/(H·W): dA_bk = W[t_b, k]·ĝ_b, and dW[c, k] = Σ_{b: t_b = c} ⟨ĝ_b, A_bk⟩.
 // Mapping: at::parallel_for over (map, channel chunk) items (K splits only when there are fewer

@@ -1,4 +1,4 @@
-// gradcam_fwd and gradcam_bwd on CPU (DESIGN §2.4).
+// gradcam_fwd and gradcam_bwd on CPU (docs/design.md#24-gradcam).
 // Formula: raw_b = Σ_k α_bk·A_bk with α_bk = mean_hw G_bk (weighting "mean"), or
 // raw_b = Σ_k G_bk ⊙ A_bk ("elementwise"); then ReLU (if relu), the bilinear resize to H'×W'
 // (align_corners=False, torch's evaluation order) and the per-map normalisation: "max"

@@ -1,4 +1,4 @@
-// saliency_mask_fwd on CPU (DESIGN §2.7); not differentiable.
+// saliency_mask_fwd on CPU (docs/design.md#27-saliency_mask); not differentiable.
 // Formula: s = bilinear(saliency_b → H×W) (align_corners=False, torch's evaluation order),
 // then e = (s − min s)/((max s − min s) + ε) (minmax_normalized, ε = map_eps of math.h) with
 // the reference's arithmetic in the saliency's acc_type (fp32; fp64 for fp64 saliency).

@@ -1,4 +1,4 @@
-// supcon_loss_fwd and supcon_loss_bwd on CPU (DESIGN §2.3).
+// supcon_loss_fwd and supcon_loss_bwd on CPU (docs/design.md#23-supcon_loss).
 //
 // Formula. The contrast rows are the views stacked view-major (row r = v·N + n, R = V·N rows),
 // then the M negatives: C = R + M rows z_r, L2-normalised (z / max(‖z‖, ε), ε = norm_eps of

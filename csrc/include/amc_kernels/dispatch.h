@@ -1,5 +1,5 @@
 // dtype dispatch: every kernel reads fp16/bf16/fp32/fp64 and accumulates in acc_t
-// (fp64 for fp64 inputs, fp32 otherwise, DESIGN §2).
+// (fp64 for fp64 inputs, fp32 otherwise, docs/design.md#2-public-api).
 #pragma once
 
 #include <ATen/Dispatch.h>

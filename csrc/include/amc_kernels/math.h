@@ -1,4 +1,5 @@
-// Scalar math shared by every C++ and CUDA kernel (DESIGN §5): written once, compiled for host
+// Scalar math shared by every C++ and CUDA kernel (docs/design.md#5-kernel-rules): written once,
+// compiled for host
 // and device, so the CPU tests also cover the math the CUDA kernels use. acc_t is float or double.
 #pragma once
 
@@ -19,7 +20,8 @@ AMC_HOST_DEVICE acc_t norm_eps() {
   return static_cast<acc_t>(1e-12);
 }
 
-// ---- clamped arccos (DESIGN §2.1) ----------------------------------------------------------
+// ---- clamped arccos (docs/design.md#21-angular_distance)
+// ----------------------------------------------------------
 
 // 1 − δ with δ = 1e-7, rounded to acc_t exactly as torch.clamp rounds its Python bound.
 template <typename acc_t>
@@ -91,7 +93,8 @@ AMC_HOST_DEVICE acc_t clamped_arccos_simd(acc_t c) {
   return simd_acos(clamp_cosine(c));
 }
 
-// ---- AMC pair terms (DESIGN §2.2) ----------------------------------------------------------
+// ---- AMC pair terms (docs/design.md#22-amc_loss)
+// ----------------------------------------------------------
 
 // ℓ = θ² for a same-label pair, max(0, m − θ)² otherwise.
 template <typename acc_t>
@@ -201,7 +204,7 @@ AMC_HOST_DEVICE LinearTap<acc_t> linear_tap(int64_t dst, int64_t in_size, int64_
 // start..start+len of an axis already resized from in to out samples, resized again to out
 // samples; `mirrored` reverses the rows (a flip). Four (index, weight) terms over the `in` source
 // samples, indices possibly repeated. Resampling the identity basis this way makes the
-// per-axis matrices of a crop-and-resize exact (DESIGN §2.6).
+// per-axis matrices of a crop-and-resize exact (docs/design.md#26-cgc_loss).
 template <typename acc_t>
 struct CroppedTaps {
   int64_t index[4];
@@ -220,7 +223,8 @@ AMC_HOST_DEVICE CroppedTaps<acc_t> cropped_resize_taps(int64_t dst, int64_t star
           {crop.w0 * lo.w0, crop.w0 * lo.w1, crop.w1 * hi.w0, crop.w1 * hi.w1}};
 }
 
-// ---- map normalisation (DESIGN §2.4, §2.6, §2.7) ------------------------------------------
+// ---- map normalisation (docs/design.md#24-gradcam, §2.6, §2.7)
+// ------------------------------------------
 
 // ε = 1e-8 of every map normalisation (s = X / (ΣX + ε) + ε of CGC, ExCon's min-max), rounded
 // to acc_t as torch rounds the Python constant.
