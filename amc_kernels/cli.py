@@ -202,7 +202,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from .benchmarks import _cli as _harness  # here: the harness imports this module's helpers
+    from .benchmarks import _cli as bench_cli  # here: the harness imports this module's helpers
 
     parser = argparse.ArgumentParser(
         prog="amc-kernels",
@@ -223,8 +223,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Microbenchmarks (docs/design.md#6-benchmarks): a quick sweep of every op "
         "by default.",
     )
-    _harness.add_arguments(bench, cli=True)
-    bench.set_defaults(run=_harness.run_cli)
+    bench_cli.add_arguments(bench, cli=True)
+    bench.set_defaults(run=bench_cli.run_cli)
     train = commands.add_parser("train", help="one training recipe (ce, amc, supcon, excon, cgc)")
     recipes.config.add_arguments(train, compare=False)
     train.set_defaults(run=cmd_train)

@@ -22,20 +22,13 @@ from ._spec import (
     CGC_LOSS,
     CLASS_ACTIVATION_MAP,
     GRADCAM,
+    OPS,
     SALIENCY_MASK,
     SUPCON_LOSS,
     OpSpec,
 )
 
-__all__ = [
-    "amc_loss",
-    "angular_distance",
-    "cgc_loss",
-    "class_activation_map",
-    "gradcam",
-    "saliency_mask",
-    "supcon_loss",
-]
+__all__ = list(OPS)  # one public function per op spec
 
 _amc, _supcon, _gradcam, _cgc, _saliency = (
     spec.defaults for spec in (AMC_LOSS, SUPCON_LOSS, GRADCAM, CGC_LOSS, SALIENCY_MASK)
