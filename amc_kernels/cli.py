@@ -2,10 +2,11 @@
 
 info   versions, the build of amc_kernels._C, and the usable backends per op and device
 check  every usable backend against the reference on this machine's devices (exit 1 on failure)
-bench  time and peak memory of every op, backend and peer (amc_kernels.benchmarks;
-docs/design.md#6-benchmarks)
+bench  time and peak memory of every op, backend and peer (amc_kernels.benchmarks)
 train  one training recipe: metrics JSON, checkpoint and Grad-CAM figure under --out
 compare  several recipes on the same data and seed: a side-by-side table and one figure
+
+The commands are described in docs/design.md#29-command-line and docs/design.md#6-benchmarks.
 """
 
 from __future__ import annotations

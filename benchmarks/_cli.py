@@ -1,6 +1,6 @@
 """The command lines of the benchmarks (docs/design.md#6-benchmarks): one ``bench_<op>.py`` (its
-full sweep by
-default) and ``amc-kernels bench`` (a quick sweep of every op by default), with their options."""
+full sweep by default) and ``amc-kernels bench`` (a quick sweep of every op by default), with their
+options."""
 
 from __future__ import annotations
 

@@ -1,6 +1,6 @@
 """What a ``bench_<op>.py`` declares (docs/design.md#6-benchmarks): one op (:class:`OpBench`), its
-variants, the
-sizes it sweeps, how to draw fresh random inputs, its analytic FLOPs and bytes, and its peers.
+variants, the sizes it sweeps, how to draw fresh random inputs, its analytic FLOPs and bytes, and
+its peers.
 
 The rest of the harness turns a declaration into measurements: ``_plan`` makes the cases, one
 per (variant, size, dim, dtype, provider), and runs them; ``_measure`` measures one case

@@ -1,7 +1,6 @@
 """Where a case runs (docs/design.md#6-benchmarks): on CPU a fresh process per case, forked from a
-server that has
-imported the harness, so that one case's allocations never hide another's peak resident set; on
-CUDA this process, whose allocator statistics are per call already."""
+server that has imported the harness, so that one case's allocations never hide another's peak
+resident set; on CUDA this process, whose allocator statistics are per call already."""
 
 from __future__ import annotations
 

@@ -1,7 +1,6 @@
 """Peak memory of one call (docs/design.md#6-benchmarks): on CUDA the caching allocator's peak; on
-CPU the peak
-resident set (Linux ``VmHWM``), after returning the freed heap to the OS (``malloc_trim``) and
-resetting the high-water mark (``/proc/self/clear_refs``)."""
+CPU the peak resident set (Linux ``VmHWM``), after returning the freed heap to the OS
+(``malloc_trim``) and resetting the high-water mark (``/proc/self/clear_refs``)."""
 
 from __future__ import annotations
 

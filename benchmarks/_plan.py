@@ -1,6 +1,5 @@
 """A run (docs/design.md#6-benchmarks): what it measures (:class:`Plan`), its cases, their order,
-the stopping
-rules, the CSV rows, the progress lines and the notes on what was not measured.
+the stopping rules, the CSV rows, the progress lines and the notes on what was not measured.
 
 The providers of a case: ``reference`` (eager), ``reference+compile`` (the reference under
 ``torch.compile(dynamic=True)``), every other backend that the dispatcher accepts for the device

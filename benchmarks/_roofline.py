@@ -1,6 +1,6 @@
 """The device's roofline (docs/design.md#6-benchmarks), measured once per run: the square matmul
-rate per dtype and
-the bandwidth of a large copy, against which each row's analytic FLOPs and bytes are set."""
+rate per dtype and the bandwidth of a large copy, against which each row's analytic FLOPs and bytes
+are set."""
 
 from __future__ import annotations
 

@@ -1,6 +1,5 @@
 """Per-call times of one step (docs/design.md#6-benchmarks): ``torch.utils.benchmark`` blocks on CPU
-and
-``triton.testing.do_bench`` runs on CUDA, summarised as their median, p20 and p80."""
+and ``triton.testing.do_bench`` runs on CUDA, summarised as their median, p20 and p80."""
 
 from __future__ import annotations
 

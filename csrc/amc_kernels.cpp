@@ -1,6 +1,6 @@
 // Every schema of the amc_kernels op library, declared once
-// (docs/design.md#3-backends-and-dispatch), and the build
-// information read by `amc-kernels info`. Kernels register in csrc/cpu and csrc/cuda.
+// (docs/design.md#3-backends-and-dispatch), and the build information read by `amc-kernels info`.
+// Kernels register in csrc/cpu and csrc/cuda.
 #include <Python.h>
 #include <torch/library.h>
 #include <torch/version.h>
@@ -65,8 +65,8 @@ TORCH_LIBRARY(amc_kernels, m) {
   // Row-wise log-sum-exp through the shared online-LSE code: the build's self-check.
   m.def("_selfcheck_row_logsumexp(Tensor x) -> Tensor");
 
-  // angular_distance (docs/design.md#21-angular_distance). y = None means y = x; grad_y is empty
-  // then.
+  // angular_distance: docs/design.md#21-angular_distance
+  // y = None means y = x; grad_y is empty then.
   // clamp_grad_at_bounds: whether the running torch's clamp passes the gradient at its bounds.
   // output_mask: (x, y) -> (grad_x, grad_y).
   m.def("angular_distance_fwd(Tensor x, Tensor? y) -> Tensor");
@@ -74,16 +74,16 @@ TORCH_LIBRARY(amc_kernels, m) {
       "angular_distance_bwd(Tensor grad, Tensor x, Tensor? y, bool clamp_grad_at_bounds, "
       "bool[] output_mask) -> (Tensor, Tensor)");
 
-  // amc_loss (docs/design.md#22-amc_loss). pairs: "all" | "halves"; reduction: "mean" | "sum" |
-  // "none".
+  // amc_loss: docs/design.md#22-amc_loss
+  // pairs: "all" | "halves"; reduction: "mean" | "sum" | "none".
   // output_mask: (features) -> grad_features.
   m.def("amc_loss_fwd(Tensor features, Tensor labels, float margin, str pairs, str reduction) -> Tensor");
   m.def(
       "amc_loss_bwd(Tensor grad, Tensor features, Tensor labels, float margin, str pairs, "
       "str reduction, bool clamp_grad_at_bounds, bool[] output_mask) -> Tensor");
 
-  // supcon_loss (docs/design.md#23-supcon_loss). features [N, V, D]; returns (loss, per-anchor
-  // log-sum-exp [A]).
+  // supcon_loss: docs/design.md#23-supcon_loss
+  // features [N, V, D]; returns (loss, per-anchor log-sum-exp [A]).
   // output_mask: (features, negatives) -> (grad_features, grad_negatives); grad_negatives is
   // empty without negatives.
   m.def(
@@ -94,8 +94,8 @@ TORCH_LIBRARY(amc_kernels, m) {
       "float temperature, float base_temperature, str contrast_mode, bool normalize, "
       "str reduction, bool[] output_mask) -> (Tensor, Tensor)");
 
-  // gradcam (docs/design.md#24-gradcam). normalize: "none" | "max" | "minmax" | "sum"; output_size
-  // [] keeps H×W.
+  // gradcam: docs/design.md#24-gradcam
+  // normalize: "none" | "max" | "minmax" | "sum"; output_size [] keeps H×W.
   // The forward also returns what the backward would otherwise re-read A and G for: the raw
   // map Σ_k α_k·A_k (or Σ_k G_k ⊙ A_k) before the ReLU, [B, H, W], and α = mean_hw G, [B, K]
   // ([B, 0] for "elementwise"), both fp32 (fp64 for fp64 inputs). For "mean" the backward's
@@ -117,8 +117,8 @@ TORCH_LIBRARY(amc_kernels, m) {
       "class_activation_map_bwd(Tensor grad, Tensor activations, Tensor fc_weight, Tensor targets, "
       "bool[] output_mask) -> (Tensor, Tensor)");
 
-  // cgc_loss (docs/design.md#26-cgc_loss), on the native h×w maps through separable interpolation
-  // matrices.
+  // cgc_loss: docs/design.md#26-cgc_loss
+  // On the native h×w maps through separable interpolation matrices.
   // output_mask: (cam_orig, cam_aug) -> (grad_cam_orig, grad_cam_aug).
   m.def(
       "cgc_loss_fwd(Tensor cam_orig, Tensor cam_aug, Tensor crops, Tensor flips, float temperature, "
@@ -127,8 +127,8 @@ TORCH_LIBRARY(amc_kernels, m) {
       "cgc_loss_bwd(Tensor grad, Tensor cam_orig, Tensor cam_aug, Tensor crops, Tensor flips, "
       "float temperature, int size, bool[] output_mask) -> (Tensor, Tensor)");
 
-  // saliency_mask (docs/design.md#27-saliency_mask); no gradient. top_fraction < 0 means "use the
-  // threshold".
+  // saliency_mask: docs/design.md#27-saliency_mask
+  // No gradient. top_fraction < 0 means "use the threshold".
   m.def(
       "saliency_mask_fwd(Tensor images, Tensor saliency, float threshold, float top_fraction, "
       "float fill) -> (Tensor, Tensor)");

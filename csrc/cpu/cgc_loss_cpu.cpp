@@ -1,6 +1,5 @@
 // cgc_loss_fwd and cgc_loss_bwd on CPU: the CGC loss of docs/design.md#26-cgc_loss, exactly, on the
-// native h×w
-// maps. No size×size map exists, forward or backward.
+// native h×w maps. No size×size map exists, forward or backward.
 //
 // Formula. R_h (size×h) and R_w (size×w) are the bilinear resizes to size (align_corners=False),
 // r = Rᵀ1 and K = RᵀR per axis. Sample b's crop (i, j, ch, cw) and flip give

@@ -1,6 +1,6 @@
 // Scalar math shared by every C++ and CUDA kernel (docs/design.md#5-kernel-rules): written once,
-// compiled for host
-// and device, so the CPU tests also cover the math the CUDA kernels use. acc_t is float or double.
+// compiled for host and device, so the CPU tests also cover the math the CUDA kernels use. acc_t is
+// float or double.
 #pragma once
 
 #include <cmath>
