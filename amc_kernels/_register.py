@@ -12,9 +12,11 @@ protocol, the op's spec (docs/design.md#31-one-contract-per-op):
   differentiable input: a gradient whose flag is false is not computed and comes back empty.
   A gradient may come back broadcastable to its input (it is expanded, never copied).
 
-:func:`register_autograd` registers the autograd formula of a forward op and the clear error of
-differentiating its backward; :func:`forward_function` is the implementation that the dispatcher
-calls with the spec's arguments by keyword.
+:func:`register_fakes` registers the fake (meta) kernels of a C++ op family from the output
+shapes of its forward, read off the spec (the triton ops need none: ``triton_op`` traces the
+launcher); :func:`register_autograd` registers the autograd formula of a forward op and the
+clear error of differentiating its backward; :func:`forward_function` is the implementation that
+the dispatcher calls with the spec's arguments by keyword.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ from typing import Any
 
 import torch
 
-from ._spec import OpSpec
+from ._spec import Arguments, OpSpec
 
 
 def library_op(name: str) -> Any:
@@ -45,6 +47,46 @@ def forward_function(spec: OpSpec, fwd: str) -> Callable[..., Any]:
         f"{spec.name} through torch.ops.amc_kernels.{fwd} (inputs validated by the caller)."
     )
     return run
+
+
+def register_fakes(
+    spec: OpSpec,
+    fwd: str,
+    outputs: Callable[[Arguments], Any],
+    bwd: str | None = None,
+    grad_shape: Callable[[str, Arguments], Sequence[int]] | None = None,
+) -> None:
+    """Fake kernels of amc_kernels::<fwd> and, if given, amc_kernels::<bwd>.
+
+    The forward's: ``outputs`` of the spec's arguments by name. The backward's: one gradient per
+    differentiable input, of the input's shape (or ``grad_shape(name, arguments)``) and dtype
+    where output_mask requests it, else empty [0] (in the first tensor's dtype when the input is
+    absent); ``arguments`` also holds the saved statistics.
+    """
+    options = tuple(o.name for o in spec.options)
+    forward_names = (*spec.tensors, *options)
+
+    def forward(*args: Any) -> Any:
+        return outputs(dict(zip(forward_names, args, strict=True)))
+
+    torch.library.register_fake(f"amc_kernels::{fwd}", forward)
+    if bwd is None:
+        return
+    backward_names = (*spec.tensors, *spec.saved, *options)
+
+    def backward(grad: torch.Tensor, *args: Any) -> Any:
+        arguments = dict(zip(backward_names, args[: len(backward_names)], strict=True))
+        first = arguments[spec.tensors[0]]
+        grads = []
+        for name, needed in zip(spec.differentiable, args[-1], strict=True):
+            x = arguments[name]
+            if x is None or not needed:
+                grads.append((first if x is None else x).new_empty((0,)))
+            else:
+                grads.append(x.new_empty(grad_shape(name, arguments) if grad_shape else x.shape))
+        return grads[0] if len(grads) == 1 else tuple(grads)
+
+    torch.library.register_fake(f"amc_kernels::{bwd}", backward)
 
 
 def register_autograd(
@@ -88,4 +130,4 @@ def forbid_double_backward(spec: OpSpec, bwd: str, backend: str) -> None:
     torch.library.register_autograd(f"amc_kernels::{bwd}", backward)
 
 
-__all__ = ["forward_function", "register_autograd"]
+__all__ = ["forward_function", "register_autograd", "register_fakes"]

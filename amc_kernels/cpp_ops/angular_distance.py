@@ -5,29 +5,17 @@ from __future__ import annotations
 import torch
 
 from .._clamp_convention import CLAMP_GRAD_AT_BOUNDS
-from .._register import forward_function, register_autograd
-from .._spec import ANGULAR_DISTANCE
+from .._register import forward_function, register_autograd, register_fakes
+from .._spec import ANGULAR_DISTANCE, Arguments
 
 
-@torch.library.register_fake("amc_kernels::angular_distance_fwd")
-def _(x: torch.Tensor, y: torch.Tensor | None) -> torch.Tensor:
-    rows = x.shape[0] if y is None else y.shape[0]
-    return x.new_empty((x.shape[0], rows))
+def _outputs(a: Arguments) -> torch.Tensor:
+    """θ [N, M] in x's dtype (y = None: M = N)."""
+    x, y = a["x"], a["y"]
+    return x.new_empty((x.shape[0], x.shape[0] if y is None else y.shape[0]))
 
 
-@torch.library.register_fake("amc_kernels::angular_distance_bwd")
-def _(
-    grad: torch.Tensor,
-    x: torch.Tensor,
-    y: torch.Tensor | None,
-    clamp_grad_at_bounds: bool,
-    output_mask: list[bool],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    grad_x = x.new_empty(x.shape if output_mask[0] else (0,))
-    grad_y = x.new_empty((0,)) if y is None or not output_mask[1] else y.new_empty(y.shape)
-    return grad_x, grad_y
-
-
+register_fakes(ANGULAR_DISTANCE, "angular_distance_fwd", _outputs, "angular_distance_bwd")
 register_autograd(
     ANGULAR_DISTANCE,
     "angular_distance_fwd",

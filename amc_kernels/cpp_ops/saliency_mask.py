@@ -4,21 +4,17 @@ from __future__ import annotations
 
 import torch
 
-from .._register import forward_function
-from .._spec import SALIENCY_MASK
+from .._register import forward_function, register_fakes
+from .._spec import SALIENCY_MASK, Arguments
 
 
-@torch.library.register_fake("amc_kernels::saliency_mask_fwd")
-def _(
-    images: torch.Tensor,
-    saliency: torch.Tensor,
-    threshold: float,
-    top_fraction: float,
-    fill: float,
-) -> tuple[torch.Tensor, torch.Tensor]:
+def _outputs(a: Arguments) -> tuple[torch.Tensor, torch.Tensor]:
+    """(masked images [B, C, H, W], keep [B, H, W] bool)."""
+    images = a["images"]
     batch, _, height, width = images.shape
     keep = images.new_empty((batch, height, width), dtype=torch.bool)
     return images.new_empty(images.shape), keep
 
 
+register_fakes(SALIENCY_MASK, "saliency_mask_fwd", _outputs)
 saliency_mask = torch.no_grad()(forward_function(SALIENCY_MASK, "saliency_mask_fwd"))

@@ -219,6 +219,13 @@ def pair_tile(
 
 
 @triton.jit
+def row_block(R, BLOCK_M: tl.constexpr):
+    """This program's block of rows along grid axis 0, [BLOCK_M] int64, and its mask rows < R."""
+    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    return rows, rows < R
+
+
+@triton.jit
 def store_rows(out_ptr, acc, rows, row_mask, d0, D, stride_on, stride_od, BLOCK_D: tl.constexpr):
     """acc [R, BLOCK_D] into the rows `rows` × features d0..d0+BLOCK_D of out [*, D]."""
     dims = d0 + tl.arange(0, BLOCK_D)
@@ -241,9 +248,7 @@ def inv_norm_kernel(
     # out_r = 1 / max(‖x_r‖₂, NORM_EPS).
     # Grid: (cdiv(R, BLOCK_M),), one program per block of rows, looping over D in chunks.
     # Accumulation: fp32 (fp64 for fp64 inputs).
-    pid = tl.program_id(0).to(tl.int64)
-    rows = pid * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_mask = rows < R
+    rows, row_mask = row_block(R, BLOCK_M)
     total = tl.zeros([BLOCK_M], dtype=tl.float64 if FP64 else tl.float32)
     for d0 in range(0, D, BLOCK_D):
         x = load_rows(x_ptr, rows, row_mask, d0, D, stride_r, stride_d, BLOCK_D).to(total.dtype)

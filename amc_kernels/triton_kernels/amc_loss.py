@@ -34,6 +34,7 @@ from ._tiles import (
     operand,
     pair_tile,
     pairwise_tiles,
+    row_block,
     row_tile,
     store_rows,
 )
@@ -113,9 +114,8 @@ def amc_all_bwd_kernel(
     # out_i = ∂L/∂x̂_i = Σ_{j≠i} (w_i + w_j)·ℓ'(θ_ij)·θ'(c_ij)·inv_j·x_j, c_ij recomputed per tile.
     # Grid: (cdiv(N, BLOCK_M), cdiv(D, BLOCK_D)): a block of rows and one chunk of D per program,
     # streaming every column block. Accumulation: fp32 (fp64 for fp64 inputs).
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows, row_mask = row_block(N, BLOCK_M)
     d0 = tl.program_id(1).to(tl.int64) * BLOCK_D
-    row_mask = rows < N
     inv_r = tl.load(inv_ptr + rows, mask=row_mask, other=0.0)
     label_r = tl.load(labels_ptr + rows, mask=row_mask, other=0)
     weight_r = tl.load(weight_ptr + rows, mask=row_mask, other=0.0)
@@ -184,8 +184,7 @@ def amc_halves_fwd_kernel(
     # out_k = ℓ(θ_k, S_k) for the pairs (k, k + H), k < H; θ_k from c_k = ⟨x_k, x_{k+H}⟩·inv·inv.
     # Grid: (cdiv(H, BLOCK_M),): a block of pairs, D in BLOCK_D chunks.
     # Accumulation: fp32 (fp64 for fp64 inputs).
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    mask = rows < H
+    rows, mask = row_block(H, BLOCK_M)
     cosine = halves_cosine(
         x_ptr, inv_ptr, rows, rows + H, mask, D, stride_n, stride_d, FP64, BLOCK_M, BLOCK_D
     )
@@ -217,9 +216,8 @@ def amc_halves_bwd_kernel(
     # for the pairs (k, p = k + H); c_k recomputed. out must start at zero (an odd last row).
     # Grid: (cdiv(H, BLOCK_M),): a block of pairs, D in BLOCK_D chunks (twice).
     # Accumulation: fp32 (fp64 for fp64 inputs).
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows, mask = row_block(H, BLOCK_M)
     partners = rows + H
-    mask = rows < H
     cosine = halves_cosine(
         x_ptr, inv_ptr, rows, partners, mask, D, stride_n, stride_d, FP64, BLOCK_M, BLOCK_D
     )

@@ -30,6 +30,7 @@ from ._tiles import (
     operand,
     pair_tile,
     pairwise_tiles,
+    row_block,
     row_tile,
     store_rows,
 )
@@ -76,8 +77,7 @@ def angular_fwd_kernel(
     # SYMMETRIC (y = x) the diagonal cosine is its exact value min(1, ‖x_i‖²/NORM_EPS²).
     # Grid: (cdiv(N, BLOCK_M), cdiv(M, BLOCK_N)): one [BLOCK_M, BLOCK_N] output tile per program,
     # the product over D in BLOCK_D chunks. Accumulation: fp32 (fp64 for fp64 inputs).
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_mask = rows < N
+    rows, row_mask = row_block(N, BLOCK_M)
     ix = tl.load(ix_ptr + rows, mask=row_mask, other=0.0)
     cols, col_mask, _, gram, _, cosine = pair_tile(
         row_tile(x_ptr, rows, row_mask, D, stride_xn, stride_xd, SINGLE, BLOCK_D),
@@ -126,9 +126,8 @@ def angular_bwd_kernel(
     # the exact diagonal when SYMMETRIC, as in the forward.
     # Grid: (cdiv(P, BLOCK_M), cdiv(D, BLOCK_D)): a block of rows of p and one chunk of D per
     # program, streaming q in BLOCK_N rows. Accumulation: fp32 (fp64 for fp64 inputs).
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    rows, row_mask = row_block(P, BLOCK_M)
     d0 = tl.program_id(1).to(tl.int64) * BLOCK_D
-    row_mask = rows < P
     ip = tl.load(ip_ptr + rows, mask=row_mask, other=0.0)
     acc = tl.zeros([BLOCK_M, BLOCK_D], dtype=ip.dtype)
     a_tile = row_tile(p_ptr, rows, row_mask, D, stride_pn, stride_pd, SINGLE, BLOCK_D)

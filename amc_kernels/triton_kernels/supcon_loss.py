@@ -49,6 +49,7 @@ from ._tiles import (
     operand,
     pair_tile,
     pairwise_tiles,
+    row_block,
     row_tile,
     store_rows,
 )
@@ -94,8 +95,7 @@ def supcon_fwd_kernel(
     # and gap[a] = lse[a] − ln 2·Σ_{c∈P(a)} l_ac / |P(a)|, 0 when |P(a)| = 0.
     # Grid: (cdiv(A, BLOCK_M),): a block of anchor rows streaming BLOCK_N columns with an online
     # max and sum. Accumulation: fp32 (fp64 for fp64 inputs).
-    rows = tl.program_id(0).to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_mask = rows < A
+    rows, row_mask = row_block(A, BLOCK_M)
     row_scale = tl.load(row_scale_ptr + rows, mask=row_mask, other=0.0)
     group_r = row_groups(labels_ptr, rows, row_mask, N, HAS_LABELS)
     running_max = tl.full([BLOCK_M], float("-inf"), dtype=row_scale.dtype)
