@@ -52,12 +52,55 @@ def triton_device(request: pytest.FixtureRequest) -> torch.device:
 
 ALL_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 DTYPE_IDS = [pytest.param(dt, id=str(dt).split(".")[-1]) for dt in ALL_DTYPES]
+#: The dtypes the Triton backend runs under the interpreter, and with them fp16 and bf16 on GPUs.
+EXACT_DTYPES = DTYPE_IDS[2:]  # float32, float64
+TRITON_DTYPES = [
+    *EXACT_DTYPES,
+    *[pytest.param(*p.values, id=p.id, marks=pytest.mark.cuda) for p in DTYPE_IDS[:2]],
+]
+
+
+def triton_dtypes_and_sizes(options: dict | None = None):
+    """A Triton test parametrized by "dtype" over TRITON_DTYPES, "size" over "one" (a single
+    element), "odd" (odd sizes) and "beyond_tile" (more than one tile: a smaller one under the
+    interpreter), and "options" over the values of `options` (ids: its keys) where given."""
+
+    def decorate(test):
+        if options is not None:
+            values, ids = list(options.values()), list(options)
+            test = pytest.mark.parametrize("options", values, ids=ids)(test)
+        test = pytest.mark.parametrize("size", ["one", "odd", "beyond_tile"])(test)
+        return pytest.mark.triton(pytest.mark.parametrize("dtype", TRITON_DTYPES)(test))
+
+    return decorate
+
+
+def cpp_at_the_clamp_bounds(test):
+    """A cpp test (marked cpp, skipped without amc_kernels._C) parametrized by "dtype" over
+    float32 and float64, and "sign" over the clamp bounds 1 − δ and −1 + δ of the cosine."""
+    test = pytest.mark.parametrize("sign", [1.0, -1.0], ids=["at 1-δ", "at -1+δ"])(test)
+    test = pytest.mark.parametrize("dtype", EXACT_DTYPES)(test)
+    return pytest.mark.cpp(needs_cpp(test))
+
+
 #: The gradient of a zero row in fp16 (amc_loss, angular_distance, supcon_loss).
 ZERO_FP16 = pytest.mark.xfail(
     strict=True,
     reason="d(x / max(‖x‖, 1e-12))/dx at x = 0 is I·1e12, above the fp16 maximum 65504: the "
     "gradient of a zero row cannot be finite in fp16 under the DESIGN's eps (reported)",
 )
+
+
+def kind_and_dtype(kinds: object, zero_fp16: pytest.MarkDecorator | None = None):
+    """parametrize("kind", "dtype") over sorted(kinds) × ALL_DTYPES, ids "kind-dtype"; the case
+    ("zero", float16) carries the mark `zero_fp16` where one is given (ZERO_FP16)."""
+    params = []
+    for kind in sorted(kinds):
+        for dtype in DTYPE_IDS:
+            (dt,) = dtype.values
+            marks = zero_fp16 if zero_fp16 and (kind, dt) == ("zero", torch.float16) else ()
+            params.append(pytest.param(kind, dt, id=f"{kind}-{dtype.id}", marks=marks))
+    return pytest.mark.parametrize(("kind", "dtype"), params)
 
 
 def f64(values: object, device: torch.device | str = "cpu") -> torch.Tensor:

@@ -1,11 +1,16 @@
 """The numpy oracle of bilinear resampling shared by the map tests: per-axis matrices in float64.
 
-It never calls amc_kernels.reference or F.interpolate.
+It never calls amc_kernels.reference or F.interpolate; assert_np_resize_matches_interpolate is
+the one place where it meets F.interpolate, to check the convention.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 import numpy as np
+import torch
+import torch.nn.functional as F
 
 
 def np_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
@@ -26,3 +31,15 @@ def np_resize_matrix(n_in: int, n_out: int) -> np.ndarray:
 def np_resize(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Bilinear resize of one [h, w] map to `size`."""
     return np_resize_matrix(x.shape[0], size[0]) @ x @ np_resize_matrix(x.shape[1], size[1]).T
+
+
+def assert_np_resize_matches_interpolate(sizes: Iterable[tuple[int, int, int, int]]) -> None:
+    """np_resize of a random h × w map to out_h × out_w is F.interpolate's bilinear resize
+    (align_corners=False), for each (h, w, out_h, out_w) in `sizes`."""
+    gen = np.random.default_rng(0)
+    for h, w, out_h, out_w in sizes:
+        x = gen.standard_normal((h, w))
+        torch_out = F.interpolate(
+            torch.from_numpy(x)[None, None], size=(out_h, out_w), mode="bilinear"
+        )[0, 0]
+        np.testing.assert_allclose(np_resize(x, (out_h, out_w)), torch_out.numpy(), atol=1e-14)

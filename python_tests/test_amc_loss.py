@@ -8,17 +8,24 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import ALL_DTYPES, DTYPE_IDS, ZERO_FP16, f64, longs, needs_cpp, rand, rand_labels
+from _helpers import (
+    SEEDS,
+    assert_bad_input_raises,
+    assert_low_precision_rule,
+    sizes,
+    unless_cpp_is_refused,
+)
+from conftest import DTYPE_IDS, ZERO_FP16, f64, kind_and_dtype, longs, rand, rand_labels
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import amc_kernels
-from amc_kernels import BackendUnavailableError, functional
-from amc_kernels.testing import FLOOR, compare_backend, within_reference_error
+from amc_kernels import functional
 
 DELTA = 1e-7
 SELF_ANGLE = math.acos(1 - DELTA)
 ANTIPODAL = math.acos(-1 + DELTA)
+PAIRS = ("all", "halves")
 REDUCTIONS = ("mean", "sum", "none")
 
 
@@ -214,12 +221,10 @@ def test_all_distinct_labels_only_hinge_terms() -> None:
 
 @settings(max_examples=20, deadline=None)
 @given(
-    n=st.integers(0, 9),
-    d=st.integers(1, 6),
-    classes=st.integers(1, 4),
+    **sizes(n=(0, 9), d=(1, 6), classes=(1, 4)),
     margin=st.floats(0.05, 3.5),
     pairs=st.sampled_from(["all", "halves"]),
-    seed=st.integers(0, 2**16),
+    seed=SEEDS,
 )
 def test_property_matches_numpy_oracle(
     n: int, d: int, classes: int, margin: float, pairs: str, seed: int
@@ -256,13 +261,8 @@ SPECIAL = {
 }
 
 
-@pytest.mark.parametrize("dtype", DTYPE_IDS)
-@pytest.mark.parametrize("kind", sorted(SPECIAL))
-def test_gradients_are_finite_at_special_vectors(
-    kind: str, dtype: torch.dtype, request: pytest.FixtureRequest
-) -> None:
-    if kind == "zero" and dtype == torch.float16:
-        request.applymarker(ZERO_FP16)
+@kind_and_dtype(SPECIAL, ZERO_FP16)
+def test_gradients_are_finite_at_special_vectors(kind: str, dtype: torch.dtype) -> None:
     rows, labels = SPECIAL[kind]
     for pairs in ("all", "halves"):
         for reduction in ("mean", "none"):
@@ -305,12 +305,7 @@ def test_low_precision_rule_on_the_reference(dtype: torch.dtype, tolerance: floa
     low = amc(x, labels, margin=1.5, reduction="none")
     exact = amc(x.double(), labels, margin=1.5, reduction="none")
     # fp32 arithmetic on the rounded inputs: the only error is the fp32 compute.
-    error = (low.double() - exact).abs().max().item()
-    assert error < tolerance
-    ok, err, bound = within_reference_error(low, low, exact, FLOOR[dtype])
-    assert ok and err == pytest.approx(error)
-    ok, _, _ = within_reference_error(exact + 1.01 * bound + error, low, exact, FLOOR[dtype])
-    assert not ok
+    assert_low_precision_rule(low, exact, dtype, tolerance)
 
 
 @pytest.mark.parametrize("pairs", ["all", "halves"])
@@ -396,10 +391,8 @@ LABELS = longs([0, 1, 0, 1])
     ],
 )
 def test_bad_input_raises(kwargs: dict, error: type[Exception], match: str) -> None:
-    args = {"features": FEATURES, "labels": LABELS, "backend": "reference", **kwargs}
-    with pytest.raises(error, match=match) as info:
-        functional.amc_loss(args.pop("features"), args.pop("labels"), **args)
-    assert "backend" in kwargs or str(info.value).startswith("amc_loss: ")
+    positional = {"features": FEATURES, "labels": LABELS}
+    assert_bad_input_raises("amc_loss", positional, kwargs, error, match)
 
 
 def test_value_checks_can_be_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -409,348 +402,9 @@ def test_value_checks_can_be_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_cpp_backend_is_refused_with_candidates_or_matches_reference() -> None:
-    for pairs in ("all", "halves"):
-        try:
-            got = amc_kernels.amc_loss(FEATURES, LABELS, pairs=pairs, backend="cpp")
-        except BackendUnavailableError as error:
-            assert "'cpp'" in str(error) and "reference: usable" in str(error)
-        else:
+    for pairs in PAIRS:
+        got = unless_cpp_is_refused(
+            lambda p=pairs: amc_kernels.amc_loss(FEATURES, LABELS, pairs=p, backend="cpp")
+        )
+        if got is not None:
             torch.testing.assert_close(got, amc(FEATURES, LABELS, pairs=pairs))
-
-
-# --- cpp backend ---
-
-PAIRS = ("all", "halves")
-
-
-def cpp_amc(features: torch.Tensor, labels: torch.Tensor, **kwargs: object) -> torch.Tensor:
-    return functional.amc_loss(features, labels, backend="cpp", **kwargs)
-
-
-def assert_matches_reference(x: torch.Tensor, labels: torch.Tensor, **kwargs: object) -> None:
-    from amc_kernels.testing import compare_backend
-
-    ok, error, bound = compare_backend("amc_loss", "cpp", (x, labels), kwargs)
-    assert ok, f"cpp error {error:.3g} above the bound {bound:.3g}"
-
-
-def value_and_grad(
-    backend: str, x: torch.Tensor, labels: torch.Tensor, **kwargs: object
-) -> tuple[torch.Tensor, torch.Tensor]:
-    leaf = x.clone().requires_grad_()
-    out = functional.amc_loss(leaf, labels, backend=backend, **kwargs)
-    weights = torch.linspace(0.5, 1.5, out.numel(), dtype=out.dtype).reshape(out.shape)
-    (grad,) = torch.autograd.grad((out * weights).sum(), leaf)
-    return out.detach(), grad
-
-
-def assert_same_as_reference_fp64(x: torch.Tensor, labels: torch.Tensor, **kwargs: object) -> None:
-    got = value_and_grad("cpp", x, labels, **kwargs)
-    expected = value_and_grad("reference", x, labels, **kwargs)
-    for g, e in zip(got, expected, strict=True):
-        torch.testing.assert_close(g, e, rtol=1e-11, atol=1e-12)
-
-
-@pytest.mark.cpp
-@needs_cpp
-@pytest.mark.parametrize("threads", [1, 3])
-def test_cpp_all_pairs_over_many_tiles(threads: int) -> None:
-    # The tiling follows the thread count: for N = 300, 1 thread → 2 tiles of 160 rows (3 tile
-    # pairs, one run); 3 threads → 5 tiles of 64 with a partial last one (15 pairs, 3 runs with
-    # their own accumulators).
-    previous = torch.get_num_threads()
-    torch.set_num_threads(threads)
-    try:
-        x, labels = rand(300, 7, seed=threads), rand_labels(300, 4, seed=threads)
-        for reduction in REDUCTIONS:
-            assert_same_as_reference_fp64(x, labels, margin=1.7, reduction=reduction)
-    finally:
-        torch.set_num_threads(previous)
-
-
-@pytest.mark.cpp
-@needs_cpp
-@pytest.mark.parametrize(
-    "label_dtype", [torch.int8, torch.uint8, torch.int16, torch.int32, torch.int64]
-)
-def test_cpp_labels_of_any_integer_dtype(label_dtype: torch.dtype) -> None:
-    x = rand(9, 4, seed=3)
-    values = [0, 3, 0, 7, 3, 3, 0, 7, 1] if label_dtype == torch.uint8 else [-5, 3, -5, 7, 3]
-    labels = torch.tensor(values * 2, dtype=label_dtype)[:9]
-    if label_dtype == torch.int64:
-        labels = labels + 2**40  # beyond int32
-    for pairs in PAIRS:
-        for reduction in REDUCTIONS:
-            kwargs = {"margin": 2.0, "pairs": pairs, "reduction": reduction}
-            assert_same_as_reference_fp64(x, labels, **kwargs)
-
-
-@pytest.mark.cpp
-@needs_cpp
-def test_cpp_no_positive_anchors() -> None:
-    x = rand(11, 5, seed=4)
-    labels = torch.arange(11)
-    for pairs in PAIRS:
-        for reduction in REDUCTIONS:
-            kwargs = {"margin": 2.5, "pairs": pairs, "reduction": reduction}
-            assert_same_as_reference_fp64(x, labels, **kwargs)
-
-
-@pytest.mark.cpp
-@needs_cpp
-@pytest.mark.parametrize("dtype", DTYPE_IDS)
-@pytest.mark.parametrize("kind", sorted(SPECIAL))
-def test_cpp_special_vectors(kind: str, dtype: torch.dtype) -> None:
-    rows, label_list = SPECIAL[kind]
-    x, labels = torch.tensor(rows, dtype=dtype), longs(label_list)
-    for pairs in PAIRS:
-        for reduction in ("mean", "none"):
-            kwargs = {"margin": 2.0, "pairs": pairs, "reduction": reduction}
-            if kind == "zero" and dtype == torch.float16:
-                # 1e12-scaled gradients of the zero rows overflow fp16 in both backends: the
-                # same infinities, and the finite entries agree to fp16 rounding.
-                got = value_and_grad("cpp", x, labels, **kwargs)[1]
-                expected = value_and_grad("reference", x, labels, **kwargs)[1]
-                torch.testing.assert_close(got, expected, rtol=2e-3, atol=1e-3)
-                continue
-            assert_matches_reference(x, labels, **kwargs)
-
-
-@pytest.mark.cpp
-@needs_cpp
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["at 1-δ", "at -1+δ"])
-def test_cpp_gradient_at_the_clamp_bound_follows_torch_clamp(
-    dtype: torch.dtype, sign: float
-) -> None:
-    from amc_kernels._clamp_convention import CLAMP_GRAD_AT_BOUNDS
-
-    # ⟨x̂_0, x̂_1⟩ = ±(1 − δ) exactly: θ sits on the clamp bound; equal labels give dℓ/dθ = 2θ.
-    bound = torch.tensor(1 - DELTA, dtype=dtype)
-    x = torch.stack(
-        [torch.tensor([2.0, 0.0], dtype=dtype), torch.stack([sign * bound, (1 - bound**2).sqrt()])]
-    )
-    assert (x[0] / 2 @ x[1]).item() == sign * bound.item()
-    labels = longs([4, 4])
-    for pairs in PAIRS:
-        got = value_and_grad("cpp", x, labels, pairs=pairs)
-        expected = value_and_grad("reference", x, labels, pairs=pairs)
-        for g, e in zip(got, expected, strict=True):
-            torch.testing.assert_close(g, e, rtol=1e-5, atol=1e-7)
-        one = torch.ones((), dtype=dtype)
-        args = (one, x, labels, 0.5, pairs, "mean")
-        passing = torch.ops.amc_kernels.amc_loss_bwd(*args, True, [True])
-        blocked = torch.ops.amc_kernels.amc_loss_bwd(*args, False, [True])
-        # The tangential gradient of x_0 (‖x_0‖ = 2): −(2θ / sin θ)·sin θ / 2 = −θ at the bound.
-        assert passing[0, 1].item() == pytest.approx(-math.acos(sign * bound.item()), rel=1e-3)
-        assert torch.equal(blocked, torch.zeros_like(blocked))
-        assert torch.equal(got[1], passing if CLAMP_GRAD_AT_BOUNDS else blocked)
-
-
-@pytest.mark.cpp
-@needs_cpp
-@pytest.mark.parametrize("pairs", PAIRS)
-def test_cpp_single_sample(pairs: str) -> None:
-    # (empty batches: test_conformance.py::test_empty_batch)
-    one = f64([[1.0, 2.0]]).requires_grad_()
-    for reduction in ("mean", "sum"):
-        out = cpp_amc(one, longs([0]), pairs=pairs, reduction=reduction)
-        assert out.item() == 0.0
-        (grad,) = torch.autograd.grad(out, one)
-        assert torch.equal(grad, torch.zeros_like(grad))
-    expected_none = f64([0.0]) if pairs == "all" else f64([])
-    assert torch.equal(cpp_amc(one, longs([0]), pairs=pairs, reduction="none"), expected_none)
-
-
-@pytest.mark.cpp
-@needs_cpp
-@settings(max_examples=15, deadline=None)
-@given(
-    n=st.integers(0, 12),
-    d=st.integers(1, 5),
-    classes=st.integers(1, 4),
-    margin=st.floats(0.05, 3.5),
-    pairs=st.sampled_from(PAIRS),
-    reduction=st.sampled_from(REDUCTIONS),
-    seed=st.integers(0, 2**16),
-)
-def test_cpp_property_matches_reference(
-    n: int, d: int, classes: int, margin: float, pairs: str, reduction: str, seed: int
-) -> None:
-    x, labels = rand(n, d, seed=seed), rand_labels(n, classes, seed=seed)
-    assert_same_as_reference_fp64(x, labels, margin=margin, pairs=pairs, reduction=reduction)
-
-
-@pytest.mark.cpp
-@needs_cpp
-def test_dispatcher_picks_cpp_for_cpu_tensors() -> None:
-    from amc_kernels import _dispatch
-
-    for dtype in ALL_DTYPES:
-        call = _dispatch.Call("amc_loss", torch.device("cpu"), dtype, ((4, 3), (4,)))
-        assert _dispatch.select(call).backend == "cpp"
-    x, labels = rand(6, 3, seed=6), longs([0, 1, 0, 1, 1, 0])
-    assert torch.equal(amc_kernels.amc_loss(x, labels), cpp_amc(x, labels))
-
-
-# --- triton backend ---
-
-EXACT_DTYPES = [
-    pytest.param(torch.float32, id="float32"),
-    pytest.param(torch.float64, id="float64"),
-]
-TRITON_DTYPES = [
-    *EXACT_DTYPES,
-    *[
-        pytest.param(dt, id=str(dt).split(".")[-1], marks=pytest.mark.cuda)
-        for dt in (torch.float16, torch.bfloat16)
-    ],
-]
-PAIRS_REDUCTIONS = [(p, r) for p in ("all", "halves") for r in REDUCTIONS]
-
-
-def beyond_one_tile(device: torch.device) -> int:
-    """A batch larger than one row tile: 16 under the interpreter, 128 on GPUs."""
-    return 37 if device.type == "cpu" else 300
-
-
-def assert_triton_matches(features: torch.Tensor, labels: torch.Tensor, **kwargs: object) -> None:
-    """Value and gradient against the reference under the low-precision rule."""
-    ok, error, bound = compare_backend("amc_loss", "triton", (features, labels), kwargs)
-    assert ok, f"{kwargs}: error {error:.3g} above the bound {bound:.3g}"
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("dtype", TRITON_DTYPES)
-@pytest.mark.parametrize(("pairs", "reduction"), PAIRS_REDUCTIONS)
-def test_triton_matches_reference(
-    triton_device: torch.device, dtype: torch.dtype, pairs: str, reduction: str
-) -> None:
-    n = beyond_one_tile(triton_device)
-    x = rand(n, 16, seed=81, dtype=dtype).to(triton_device)
-    labels = rand_labels(n, 3, seed=81).to(triton_device)
-    assert_triton_matches(x, labels, margin=1.0, pairs=pairs, reduction=reduction)
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("dtype", EXACT_DTYPES)
-def test_triton_small_and_odd_batches(triton_device: torch.device, dtype: torch.dtype) -> None:
-    for n in (0, 1, 2, 5):
-        x = rand(n, 6, seed=n, dtype=dtype).to(triton_device)
-        labels = rand_labels(n, 2, seed=n).to(triton_device)
-        for pairs, reduction in PAIRS_REDUCTIONS:
-            assert_triton_matches(x, labels, margin=2.0, pairs=pairs, reduction=reduction)
-
-
-@pytest.mark.triton
-def test_triton_streams_the_feature_axis_in_chunks(triton_device: torch.device) -> None:
-    d = 40 if triton_device.type == "cpu" else 300  # three chunks / chunked on GPUs
-    x = rand(11, d, seed=83).to(triton_device)
-    labels = rand_labels(11, 3, seed=83).to(triton_device)
-    for pairs, reduction in (("all", "mean"), ("all", "none"), ("halves", "none")):
-        assert_triton_matches(x, labels, margin=1.6, pairs=pairs, reduction=reduction)
-
-
-@pytest.mark.triton
-def test_triton_non_contiguous_inputs_and_label_dtypes(triton_device: torch.device) -> None:
-    x = rand(5, 18, seed=84).to(triton_device).T[::2]  # [9, 5], transposed and strided
-    labels = rand_labels(18, 3, seed=84).to(triton_device)[::2]
-    assert not (x.is_contiguous() or labels.is_contiguous())
-    for label_dtype in (torch.int64, torch.int32, torch.uint8):
-        for pairs in ("all", "halves"):
-            assert_triton_matches(x, labels.to(label_dtype), margin=1.2, pairs=pairs)
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("kind", sorted(SPECIAL))
-def test_triton_special_vectors(triton_device: torch.device, kind: str) -> None:
-    rows, labels = SPECIAL[kind]
-    labels = longs(labels).to(triton_device)
-    x = torch.tensor(rows, dtype=torch.float64, device=triton_device)
-    for pairs, reduction in PAIRS_REDUCTIONS:
-        assert_triton_matches(x, labels, margin=2.0, pairs=pairs, reduction=reduction)
-    leaf = x.float().requires_grad_()
-    out = functional.amc_loss(leaf, labels, margin=2.0, backend="triton")
-    (grad,) = torch.autograd.grad(out, leaf)
-    assert bool(torch.isfinite(out)) and bool(torch.isfinite(grad).all())
-
-
-@pytest.mark.triton
-def test_triton_gradient_vanishes_for_clamped_pairs(triton_device: torch.device) -> None:
-    x = torch.tensor([[1.0, 2.0, -1.0], [1.0, 2.0, -1.0]], dtype=torch.float64)
-    x = x.to(triton_device).requires_grad_()
-    for labels in ([0, 0], [0, 1]):
-        for pairs in ("all", "halves"):
-            out = functional.amc_loss(
-                x, longs(labels).to(triton_device), margin=2.0, pairs=pairs, backend="triton"
-            )
-            (grad,) = torch.autograd.grad(out, x)
-            assert torch.equal(grad, torch.zeros_like(grad))
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize(
-    ("pairs", "reduction"), [("all", "mean"), ("all", "none"), ("halves", "sum")]
-)
-def test_triton_gradcheck(triton_device: torch.device, pairs: str, reduction: str) -> None:
-    x = rand(6, 4, seed=71).to(triton_device).requires_grad_()
-    labels = longs([0, 1, 0, 0, 1, 1]).to(triton_device)
-    assert torch.autograd.gradcheck(
-        lambda f: functional.amc_loss(
-            f, labels, margin=2.0, pairs=pairs, reduction=reduction, backend="triton"
-        ),
-        (x,),
-        fast_mode=True,
-    )
-
-
-@pytest.mark.triton
-def test_triton_opcheck(triton_device: torch.device) -> None:
-    from amc_kernels.triton_kernels import amc_loss as ops
-
-    # Under the interpreter the fake-tensor checks would launch the interpreted kernel on fake
-    # tensors (it copies arguments to host memory), so CPU runs the schema and autograd checks.
-    utils = ("test_schema", "test_autograd_registration")
-    if triton_device.type == "cuda":
-        utils += ("test_faketensor", "test_aot_dispatch_dynamic")
-    from amc_kernels._clamp_convention import CLAMP_GRAD_AT_BOUNDS
-
-    x = rand(5, 4, seed=1).to(triton_device).requires_grad_()
-    labels = longs([0, 1, 0, 1, 1]).to(triton_device)
-    for pairs, reduction in (("all", "mean"), ("all", "none"), ("halves", "none")):
-        args = (x, labels, 1.0, pairs, reduction)
-        torch.library.opcheck(ops.amc_loss_fwd, args, test_utils=utils)
-        grad = torch.ones_like(ops.amc_loss_fwd(*args))
-        for mask in ([True], [False]):
-            bwd_args = (grad, x.detach(), *args[1:], CLAMP_GRAD_AT_BOUNDS, mask)
-            torch.library.opcheck(ops.amc_loss_bwd, bwd_args, test_utils=utils)
-        masked = ops.amc_loss_bwd(grad, x.detach(), *args[1:], CLAMP_GRAD_AT_BOUNDS, [False])
-        assert masked.shape == (0,)
-
-
-@pytest.mark.triton
-@pytest.mark.cuda
-@pytest.mark.parametrize("pairs", ["all", "halves"])
-def test_triton_torch_compile_fullgraph(pairs: str) -> None:
-    x = rand(50, 16, seed=1).float().cuda().requires_grad_()
-    labels = rand_labels(50, 4, seed=1).cuda()
-
-    @torch.compile(fullgraph=True)
-    def loss(f: torch.Tensor) -> torch.Tensor:
-        return amc_kernels.amc_loss(f, labels, margin=1.0, pairs=pairs, backend="triton")
-
-    got = loss(x)
-    (grad,) = torch.autograd.grad(got, x)
-    expected = amc(x.double(), labels, margin=1.0, pairs=pairs)
-    (expected_grad,) = torch.autograd.grad(expected, x)
-    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
-    torch.testing.assert_close(grad.double(), expected_grad, rtol=1e-4, atol=1e-6)
-
-
-@pytest.mark.triton
-def test_triton_double_backward_raises(triton_device: torch.device) -> None:
-    x = rand(4, 3, seed=1).to(triton_device).requires_grad_()
-    out = functional.amc_loss(x, longs([0, 1, 0, 1]).to(triton_device), backend="triton")
-    (grad,) = torch.autograd.grad(out, x, create_graph=True)
-    with pytest.raises(RuntimeError, match=r"double backward.*amc_loss_triton_bwd"):
-        grad.sum().backward()

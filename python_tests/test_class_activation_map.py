@@ -1,21 +1,18 @@
 """class_activation_map (docs/design.md#25-class_activation_map): closed forms, a numpy oracle, the
-Grad-CAM equivalence,
-gradients, dtypes, validation."""
+Grad-CAM equivalence, gradients, dtypes, validation."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 import torch
-from conftest import DTYPE_IDS, f64, intercept_dispatch, longs, needs_cpp, rand
+from _helpers import SEEDS, assert_bad_input_raises, sizes, unless_cpp_is_refused
+from conftest import DTYPE_IDS, f64, intercept_dispatch, longs, rand
 from conftest import rand_labels as rand_targets
 from hypothesis import given, settings
-from hypothesis import strategies as st
-from torch.library import opcheck
 
 import amc_kernels
-from amc_kernels import BackendUnavailableError, functional
-from amc_kernels.testing import compare_backend
+from amc_kernels import functional
 
 
 def cam(activations: torch.Tensor, fc_weight: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -144,12 +141,8 @@ def test_each_map_depends_only_on_its_own_sample() -> None:
 
 @settings(max_examples=15, deadline=None)
 @given(
-    batch=st.integers(1, 4),
-    channels=st.integers(1, 6),
-    height=st.integers(1, 6),
-    width=st.integers(1, 6),
-    classes=st.integers(1, 5),
-    seed=st.integers(0, 2**16),
+    **sizes(batch=(1, 4), channels=(1, 6), height=(1, 6), width=(1, 6), classes=(1, 5)),
+    seed=SEEDS,
 )
 def test_property_matches_numpy_oracle(batch, channels, height, width, classes, seed) -> None:
     a, weight = (
@@ -288,12 +281,8 @@ NAN = float("nan")
     ],
 )
 def test_bad_input_raises(kwargs: dict, error: type[Exception], match: str) -> None:
-    args = {"activations": A, "fc_weight": W, "targets": T, "backend": "reference", **kwargs}
-    with pytest.raises(error, match=match) as info:
-        functional.class_activation_map(
-            args.pop("activations"), args.pop("fc_weight"), args.pop("targets"), **args
-        )
-    assert "backend" in kwargs or str(info.value).startswith("class_activation_map: ")
+    positional = {"activations": A, "fc_weight": W, "targets": T}
+    assert_bad_input_raises("class_activation_map", positional, kwargs, error, match)
 
 
 def test_activations_on_another_device() -> None:
@@ -319,271 +308,6 @@ def test_value_checks_can_be_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_cpp_backend_is_refused_with_candidates_or_matches_reference() -> None:
-    try:
-        got = amc_kernels.class_activation_map(A, W, T, backend="cpp")
-    except BackendUnavailableError as error:
-        assert "'cpp'" in str(error) and "reference: usable" in str(error)
-    else:
+    got = unless_cpp_is_refused(lambda: amc_kernels.class_activation_map(A, W, T, backend="cpp"))
+    if got is not None:
         assert_matches(got, np_cam(A, W, T))
-
-
-# --- cpp backend ---
-
-CPP_CAM_SHAPES = {
-    # (B, K, H, W, C): one pixel and one channel, odd sizes, fewer maps than threads (K split
-    # into chunks), and more channels than one chunk on several maps.
-    "1x1x1x1": (1, 1, 1, 1, 1),
-    "odd": (3, 7, 5, 6, 4),
-    "one-map": (1, 48, 6, 5, 3),
-    "wide": (6, 67, 7, 7, 10),
-}
-
-
-def cpp_cam_inputs(
-    shape: tuple[int, int, int, int, int], seed: int = 0, dtype: torch.dtype = torch.float64
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    batch, channels, height, width, classes = shape
-    gen = torch.Generator().manual_seed(seed)
-    a = torch.randn(batch, channels, height, width, generator=gen, dtype=torch.float64)
-    w = torch.randn(classes, channels, generator=gen, dtype=torch.float64)
-    targets = torch.randint(classes, (batch,), generator=gen)
-    return a.to(dtype), w.to(dtype), targets
-
-
-def cpp_cam_run(backend: str, a: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> list:
-    """[CAM, dA, dW] for a fixed random projection of the maps."""
-    leaves = [a.detach().clone().requires_grad_(), w.detach().clone().requires_grad_()]
-    out = functional.class_activation_map(*leaves, targets, backend=backend)
-    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=out.dtype)
-    return [out.detach(), *torch.autograd.grad((out * weights).sum(), leaves)]
-
-
-def assert_cpp_cam_close(a: torch.Tensor, w: torch.Tensor, targets: torch.Tensor) -> None:
-    got, expected = cpp_cam_run("cpp", a, w, targets), cpp_cam_run("reference", a, w, targets)
-    for name, x, y in zip(("cam", "dA", "dW"), got, expected, strict=True):
-        scale = 1 + y.abs().max().item() if y.numel() else 1
-        torch.testing.assert_close(
-            x, y, rtol=0, atol=1e-12 * scale, msg=lambda m, n=name: f"{n}: {m}"
-        )
-
-
-@pytest.mark.cpp
-@needs_cpp
-@pytest.mark.parametrize("shape", list(CPP_CAM_SHAPES.values()), ids=list(CPP_CAM_SHAPES))
-def test_cpp_cam_fp64_is_exact_to_rounding(shape: tuple) -> None:
-    assert_cpp_cam_close(*cpp_cam_inputs(shape, seed=3))
-
-
-@pytest.mark.cpp
-@needs_cpp
-def test_cpp_cam_repeated_targets_accumulate_and_unused_classes_get_zero() -> None:
-    a, w, _ = cpp_cam_inputs((7, 20, 4, 3, 5), seed=5)
-    targets = torch.tensor([2, 2, 0, 2, 0, 4, 2])  # class 2 four times; classes 1 and 3 unused
-    assert_cpp_cam_close(a, w, targets)
-    _, _, grad_w = cpp_cam_run("cpp", a, w, targets)
-    assert bool((grad_w[[1, 3]] == 0).all())
-
-
-@pytest.mark.cpp
-@needs_cpp
-def test_cpp_cam_splits_channels_when_maps_are_fewer_than_threads() -> None:
-    threads = torch.get_num_threads()
-    a, w, targets = cpp_cam_inputs((2, 70, 5, 4, 3), seed=9)
-    try:
-        torch.set_num_threads(8)  # 2 maps, 8 threads: 4 chunks of K per map
-        assert_cpp_cam_close(a, w, targets)
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.mark.cpp
-@needs_cpp
-@pytest.mark.parametrize("target_dtype", [torch.int64, torch.int32, torch.uint8])
-def test_cpp_cam_non_contiguous_inputs_and_target_dtypes(target_dtype: torch.dtype) -> None:
-    a, w, targets = cpp_cam_inputs((4, 6, 5, 7, 3), seed=11)
-    a_view = a.transpose(2, 3).contiguous().transpose(2, 3)  # same values, other strides
-    w_view = w.t().contiguous().t()
-    target_view = torch.stack([targets, targets], dim=1)[:, 0].to(target_dtype)
-    assert not (a_view.is_contiguous() or w_view.is_contiguous())
-    got = cpp_cam_run("cpp", a_view, w_view, target_view)
-    expected = cpp_cam_run("reference", a, w, targets)
-    for x, y in zip(got, expected, strict=True):
-        torch.testing.assert_close(x, y, rtol=1e-12, atol=1e-12)
-
-
-@pytest.mark.cpp
-@needs_cpp
-def test_cpp_cam_kernel_checks_target_range() -> None:
-    a, w, _ = cpp_cam_inputs((2, 3, 4, 4, 3))
-    with pytest.raises(RuntimeError, match=r"class_activation_map: targets\[1\] = 3 is outside"):
-        torch.ops.amc_kernels.class_activation_map_fwd(a, w, torch.tensor([0, 3]))
-
-
-@pytest.mark.cpp
-@needs_cpp
-@settings(max_examples=15, deadline=None)
-@given(
-    shape=st.tuples(
-        st.integers(1, 5),
-        st.integers(1, 40),
-        st.integers(1, 6),
-        st.integers(1, 6),
-        st.integers(1, 4),
-    ),
-    seed=st.integers(0, 2**16),
-)
-def test_cpp_cam_property_matches_reference(shape: tuple, seed: int) -> None:
-    assert_cpp_cam_close(*cpp_cam_inputs(shape, seed=seed))
-
-
-@pytest.mark.cpp
-@needs_cpp
-def test_cpp_cam_is_the_automatic_choice_on_cpu() -> None:
-    from amc_kernels import _dispatch
-
-    a, w, targets = cpp_cam_inputs((2, 3, 4, 4, 2), dtype=torch.float32)
-    shapes = (tuple(a.shape), tuple(w.shape), tuple(targets.shape))
-    call = _dispatch.Call("class_activation_map", a.device, a.dtype, shapes, {})
-    assert _dispatch.select(call).backend == "cpp"
-    torch.testing.assert_close(
-        amc_kernels.class_activation_map(a, w, targets),
-        functional.class_activation_map(a, w, targets, backend="cpp"),
-        rtol=0,
-        atol=0,
-    )
-
-
-# --- triton backend ---
-
-TRITON_DTYPES = [
-    pytest.param(torch.float32, id="float32"),
-    pytest.param(torch.float64, id="float64"),
-    pytest.param(torch.float16, id="float16", marks=pytest.mark.cuda),
-    pytest.param(torch.bfloat16, id="bfloat16", marks=pytest.mark.cuda),
-]
-
-
-def triton_cam_inputs(
-    shape: tuple[int, int, int, int, int], device: torch.device, dtype: torch.dtype, seed: int = 0
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(activations [B, K, H, W], fc_weight [C, K], targets [B]) from (B, K, H, W, C)."""
-    batch, k, h, w, classes = shape
-    a = rand(batch, k, h, w, seed=seed, dtype=dtype).to(device)
-    weight = rand(classes, k, seed=seed + 1, dtype=dtype).to(device)
-    return a, weight, rand_targets(batch, classes, seed=seed).to(device)
-
-
-def assert_triton_cam_matches(a: torch.Tensor, w: torch.Tensor, t: torch.Tensor) -> None:
-    ok, error, bound = compare_backend("class_activation_map", "triton", (a, w, t), {})
-    assert ok, f"triton error {error:.3g} above the bound {bound:.3g}"
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("dtype", TRITON_DTYPES)
-@pytest.mark.parametrize("size", ["one", "odd", "beyond_tile"])
-def test_triton_cam_matches_reference(
-    triton_device: torch.device, dtype: torch.dtype, size: str
-) -> None:
-    # beyond_tile: more channels and pixels than one tile (4 × 16 under the interpreter, up to
-    # 4096 elements on GPUs), and fewer classes than maps, so dW rows accumulate several maps.
-    big = (5, 9, 5, 7, 3) if triton_device.type == "cpu" else (6, 300, 40, 40, 4)
-    shape = {"one": (1, 1, 1, 1, 1), "odd": (3, 5, 3, 5, 7), "beyond_tile": big}[size]
-    assert_triton_cam_matches(*triton_cam_inputs(shape, triton_device, dtype, seed=sum(shape)))
-
-
-@pytest.mark.triton
-def test_triton_cam_non_contiguous_inputs_and_target_dtypes(triton_device: torch.device) -> None:
-    a, w, t = triton_cam_inputs((4, 3, 5, 6, 3), triton_device, torch.float64, seed=3)
-    a_view = a.transpose(2, 3).contiguous().transpose(2, 3)
-    w_view = w.T.contiguous().T  # column-major [C, K]
-    assert not a_view.is_contiguous() and not w_view.is_contiguous()
-    for targets in (t, t.to(torch.int32), t.to(torch.uint8)):
-        assert_triton_cam_matches(a_view, w_view, targets)
-    assert_triton_cam_matches(a[:, ::2], w[:, ::2], t)  # channel stride 2
-
-
-@pytest.mark.triton
-def test_triton_cam_all_maps_on_one_class(triton_device: torch.device) -> None:
-    # Every map adds into the same row of dW (atomics); the other rows stay exactly zero.
-    a, w, _ = triton_cam_inputs((6, 4, 3, 3, 5), triton_device, torch.float64, seed=5)
-    targets = torch.full((6,), 2, dtype=torch.long, device=triton_device)
-    assert_triton_cam_matches(a, w, targets)
-    leaf = w.clone().requires_grad_()
-    out = functional.class_activation_map(a, leaf, targets, backend="triton")
-    (grad,) = torch.autograd.grad(out.sum(), leaf)
-    assert torch.equal(grad[[0, 1, 3, 4]], torch.zeros_like(grad[[0, 1, 3, 4]]))
-
-
-@pytest.mark.triton
-def test_triton_cam_gradcheck(triton_device: torch.device) -> None:
-    a, w, t = triton_cam_inputs((3, 4, 2, 3, 2), triton_device, torch.float64, seed=8)
-    leaves = (a.requires_grad_(), w.requires_grad_())
-    assert torch.autograd.gradcheck(
-        lambda x, y: functional.class_activation_map(x, y, t, backend="triton"),
-        leaves,
-        fast_mode=True,
-    )
-
-
-@pytest.mark.triton
-def test_triton_cam_empty_batch_and_zero_channels(triton_device: torch.device) -> None:
-    for shape in ((0, 3, 4, 4, 2), (2, 0, 3, 4, 2)):
-        a, w, t = triton_cam_inputs(shape, triton_device, torch.float64)
-        leaves = (a.requires_grad_(), w.requires_grad_())
-        out = functional.class_activation_map(*leaves, t, backend="triton")
-        assert out.shape == (shape[0], *shape[2:4])
-        assert torch.equal(out, torch.zeros_like(out))
-        grads = torch.autograd.grad(out.sum(), leaves)
-        assert all(torch.equal(g, torch.zeros_like(g)) for g in grads)
-
-
-@pytest.mark.triton
-def test_triton_cam_opcheck(triton_device: torch.device) -> None:
-    from amc_kernels.triton_kernels import class_activation_map as ops
-
-    # Under the interpreter the fake-tensor checks would launch the interpreted kernels on fake
-    # tensors (it copies arguments to host memory), so CPU runs the schema and autograd checks.
-    utils = ("test_schema", "test_autograd_registration")
-    if triton_device.type == "cuda":
-        utils += ("test_faketensor", "test_aot_dispatch_dynamic")
-    a, w, t = triton_cam_inputs((3, 4, 2, 3, 2), triton_device, torch.float64, seed=9)
-    opcheck(ops.class_activation_map_fwd, (a.requires_grad_(), w, t), test_utils=utils)
-    grad = torch.randn(3, 2, 3, dtype=torch.float64, device=triton_device)
-    full = ops.class_activation_map_bwd(grad, a.detach(), w, t, [True, True])
-    for mask in ([True, True], [True, False], [False, True]):
-        opcheck(ops.class_activation_map_bwd, (grad, a.detach(), w, t, mask), test_utils=utils)
-        got = ops.class_activation_map_bwd(grad, a.detach(), w, t, mask)
-        for wanted, x, f in zip(mask, got, full, strict=True):
-            assert torch.equal(x, f) if wanted else x.shape == (0,)
-
-
-@pytest.mark.triton
-@pytest.mark.cuda
-def test_triton_cam_torch_compile_fullgraph() -> None:
-    a, w, t = triton_cam_inputs((8, 64, 7, 7, 10), torch.device("cuda"), torch.float32, seed=2)
-    leaves = (a.requires_grad_(), w.requires_grad_())
-
-    @torch.compile(fullgraph=True)
-    def total(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        out = amc_kernels.class_activation_map(x, y, t, backend="triton")
-        return (out * out).sum()
-
-    got = total(*leaves)
-    grads = torch.autograd.grad(got, leaves)
-    exact = [x.detach().double().requires_grad_() for x in leaves]
-    ref = cam(*exact, t)
-    expected = (ref * ref).sum()
-    expected_grads = torch.autograd.grad(expected, exact)
-    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
-    for x, y in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(x.double(), y, rtol=1e-3, atol=1e-3)
-
-
-@pytest.mark.triton
-def test_triton_cam_double_backward_raises(triton_device: torch.device) -> None:
-    a, w, t = triton_cam_inputs((2, 3, 2, 2, 2), triton_device, torch.float64)
-    a.requires_grad_()
-    out = functional.class_activation_map(a, w, t, backend="triton")
-    (grad,) = torch.autograd.grad((out * out).sum(), a, create_graph=True)
-    with pytest.raises(RuntimeError, match=r"double backward.*class_activation_map_triton_bwd"):
-        grad.sum().backward()

@@ -3,19 +3,20 @@ validation."""
 
 from __future__ import annotations
 
+import functools
+
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import DTYPE_IDS, f64, needs_cpp, rand
+from _helpers import SEEDS, assert_bad_input_raises, shapes, sizes, unless_cpp_is_refused
+from conftest import DTYPE_IDS, f64, rand
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from resize_oracle import np_resize
-from torch.library import opcheck
+from resize_oracle import assert_np_resize_matches_interpolate, np_resize
 
 import amc_kernels
-from amc_kernels import BackendUnavailableError, functional
-from amc_kernels.testing import GRADCAM_OPTIONS, compare_backend, within_reference_error
+from amc_kernels import functional
 
 WEIGHTINGS = ("mean", "elementwise")
 NORMALIZATIONS = (None, "max", "minmax", "sum")
@@ -165,20 +166,8 @@ def test_resize_comes_before_the_normalisation_by_hand() -> None:
 
 
 def test_numpy_resize_matches_torch_interpolate() -> None:
-    # The only place the oracle meets F.interpolate: it checks the convention once.
-    gen = np.random.default_rng(0)
-    for h, w, out_h, out_w in [
-        (3, 3, 12, 12),
-        (5, 4, 9, 7),
-        (7, 7, 3, 5),
-        (4, 6, 4, 6),
-        (1, 3, 5, 2),
-    ]:
-        x = gen.standard_normal((h, w))
-        torch_out = F.interpolate(
-            torch.from_numpy(x)[None, None], size=(out_h, out_w), mode="bilinear"
-        )[0, 0]
-        np.testing.assert_allclose(np_resize(x, (out_h, out_w)), torch_out.numpy(), atol=1e-14)
+    sizes = [(3, 3, 12, 12), (5, 4, 9, 7), (7, 7, 3, 5), (4, 6, 4, 6), (1, 3, 5, 2)]
+    assert_np_resize_matches_interpolate(sizes)
 
 
 @pytest.mark.parametrize("weighting", WEIGHTINGS)
@@ -242,15 +231,12 @@ def test_sum_normalisation_sums_to_one_plus_the_floor() -> None:
 
 @settings(max_examples=15, deadline=None)
 @given(
-    batch=st.integers(1, 3),
-    channels=st.integers(1, 4),
-    height=st.integers(1, 6),
-    width=st.integers(1, 6),
-    out=st.one_of(st.none(), st.integers(1, 9), st.tuples(st.integers(1, 9), st.integers(1, 9))),
+    **sizes(batch=(1, 3), channels=(1, 4), height=(1, 6), width=(1, 6)),
+    out=st.one_of(st.none(), st.integers(1, 9), shapes((1, 9), (1, 9))),
     weighting=st.sampled_from(WEIGHTINGS),
     relu=st.booleans(),
     normalize=st.sampled_from(NORMALIZATIONS),
-    seed=st.integers(0, 2**16),
+    seed=SEEDS,
 )
 def test_property_matches_numpy_oracle(
     batch, channels, height, width, out, weighting, relu, normalize, seed
@@ -290,16 +276,13 @@ def test_property_matches_numpy_oracle(
 @pytest.mark.parametrize("normalize", NORMALIZATIONS)
 def test_gradcheck_without_relu(weighting: str, normalize: str | None) -> None:
     # Random normal values: the min and the max of each map are unique, so no tie or kink.
-    a = rand(2, 2, 2, 3, seed=20).requires_grad_()
-    g = rand(2, 2, 2, 3, seed=21).requires_grad_()
-
-    def fn(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        return gradcam(a, g, weighting=weighting, relu=False, normalize=normalize, output_size=4)
-
+    a, g = (rand(2, 2, 2, 3, seed=seed) for seed in (20, 21))
     if normalize == "sum":  # keep the signed sum away from 0: shift every map upwards
-        a = (a.detach() + 3.0).requires_grad_()
-        g = (g.detach().abs() + 0.2).requires_grad_()
-    assert torch.autograd.gradcheck(fn, (a, g))
+        a, g = a + 3.0, g.abs() + 0.2
+    fn = functools.partial(
+        gradcam, weighting=weighting, relu=False, normalize=normalize, output_size=4
+    )
+    assert torch.autograd.gradcheck(fn, (a.requires_grad_(), g.requires_grad_()))
 
 
 @pytest.mark.parametrize("weighting", WEIGHTINGS)
@@ -307,12 +290,8 @@ def test_gradcheck_without_relu(weighting: str, normalize: str | None) -> None:
 def test_gradcheck_and_gradgradcheck_with_relu(weighting: str, normalize: str | None) -> None:
     # Strictly positive A and G keep every map above the ReLU kink. CGC trains through
     # Grad-CAM with create_graph=True, so the double backward must work too.
-    a = positive(2, 2, 2, 3, seed=22).requires_grad_()
-    g = positive(2, 2, 2, 3, seed=23).requires_grad_()
-
-    def fn(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
-        return gradcam(a, g, weighting=weighting, normalize=normalize, output_size=(3, 4))
-
+    a, g = (positive(2, 2, 2, 3, seed=seed).requires_grad_() for seed in (22, 23))
+    fn = functools.partial(gradcam, weighting=weighting, normalize=normalize, output_size=(3, 4))
     assert torch.autograd.gradcheck(fn, (a, g))
     # fast_mode checks a random projection of the second derivative, which keeps it cheap.
     assert torch.autograd.gradgradcheck(fn, (a, g), fast_mode=True)
@@ -455,10 +434,7 @@ NAN = float("nan")
     ],
 )
 def test_bad_input_raises(kwargs: dict, error: type[Exception], match: str) -> None:
-    args = {"activations": A, "gradients": G, "backend": "reference", **kwargs}
-    with pytest.raises(error, match=match) as info:
-        functional.gradcam(args.pop("activations"), args.pop("gradients"), **args)
-    assert "backend" in kwargs or str(info.value).startswith("gradcam: ")
+    assert_bad_input_raises("gradcam", {"activations": A, "gradients": G}, kwargs, error, match)
 
 
 def test_activations_on_another_device_than_gradients() -> None:
@@ -475,366 +451,8 @@ def test_value_checks_can_be_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_cpp_backend_is_refused_with_candidates_or_matches_reference() -> None:
-    try:
-        got = amc_kernels.gradcam(A, G, normalize="minmax", output_size=7, backend="cpp")
-    except BackendUnavailableError as error:
-        assert "'cpp'" in str(error) and "reference: usable" in str(error)
-    else:
+    got = unless_cpp_is_refused(
+        lambda: amc_kernels.gradcam(A, G, normalize="minmax", output_size=7, backend="cpp")
+    )
+    if got is not None:
         assert_matches(got, np_gradcam(A, G, normalize="minmax", output_size=7))
-
-
-# --- cpp backend ---
-
-# (weighting, relu, normalize, output_size): every weighting, normalisation and resize kind
-CPP_OPTIONS = GRADCAM_OPTIONS
-
-
-def cpp_gradcam_inputs(
-    shape: tuple[int, int, int, int], seed: int = 0, dtype: torch.dtype = torch.float64
-) -> tuple[torch.Tensor, torch.Tensor]:
-    gen = torch.Generator().manual_seed(seed)
-    a = torch.randn(*shape, generator=gen, dtype=torch.float64)
-    g = torch.randn(*shape, generator=gen, dtype=torch.float64)
-    return a.to(dtype), g.to(dtype)
-
-
-def cpp_gradcam_kwargs(options: tuple, shape: tuple[int, int, int, int]) -> dict:
-    weighting, relu, normalize, size = options
-    size = shape[2:] if size == "same" else size
-    return {"weighting": weighting, "relu": relu, "normalize": normalize, "output_size": size}
-
-
-def cpp_gradcam_run(backend: str, a: torch.Tensor, g: torch.Tensor, **kwargs: object) -> list:
-    """[maps, dA, dG] for a fixed random projection of the maps."""
-    leaves = [a.detach().clone().requires_grad_(), g.detach().clone().requires_grad_()]
-    out = functional.gradcam(*leaves, **kwargs, backend=backend)
-    weights = torch.randn(out.shape, generator=torch.Generator().manual_seed(7), dtype=out.dtype)
-    return [out.detach(), *torch.autograd.grad((out * weights).sum(), leaves)]
-
-
-def assert_cpp_gradcam_close(a: torch.Tensor, g: torch.Tensor, tol: float, **kwargs) -> None:
-    got = cpp_gradcam_run("cpp", a, g, **kwargs)
-    expected = cpp_gradcam_run("reference", a, g, **kwargs)
-    for name, x, y in zip(("maps", "dA", "dG"), got, expected, strict=True):
-        scale = 1 + y.abs().max().item() if y.numel() else 1
-        torch.testing.assert_close(
-            x, y, rtol=0, atol=tol * scale, msg=lambda m, n=name: f"{n}: {m}"
-        )
-
-
-@pytest.mark.cpp
-@needs_cpp
-@pytest.mark.parametrize("options", list(CPP_OPTIONS.values()), ids=list(CPP_OPTIONS))
-def test_cpp_gradcam_fp64_is_exact_to_rounding(options: tuple) -> None:
-    shape = (4, 37, 7, 9)
-    a, g = cpp_gradcam_inputs(shape, seed=3)
-    assert_cpp_gradcam_close(a, g, 1e-12, **cpp_gradcam_kwargs(options, shape))
-
-
-@pytest.mark.cpp
-@needs_cpp
-def test_cpp_gradcam_splits_channels_when_maps_are_fewer_than_threads() -> None:
-    threads = torch.get_num_threads()
-    a, g = cpp_gradcam_inputs((2, 70, 5, 4), seed=5)
-    try:
-        torch.set_num_threads(8)  # 2 maps, 8 threads: 4 chunks of K per map
-        for weighting in ("mean", "elementwise"):
-            assert_cpp_gradcam_close(a, g, 1e-12, weighting=weighting, normalize="max")
-    finally:
-        torch.set_num_threads(threads)
-
-
-@pytest.mark.cpp
-@needs_cpp
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32], ids=["float64", "float32"])
-@pytest.mark.parametrize(
-    "sizes",
-    [(7, 7, 224, 224), (5, 4, 12, 10), (20, 13, 7, 9), (9, 3, 4, 11), (6, 6, 6, 6), (1, 1, 3, 2)],
-    ids=["7to224", "up-skewed", "down", "mixed", "same", "from-1x1"],
-)
-def test_cpp_gradcam_resize_is_torch_bilinear(dtype: torch.dtype, sizes: tuple) -> None:
-    # One channel with α = 1 and no ReLU: the map is the channel resized, and its gradient is
-    # the transpose of the resize, both as F.interpolate (align_corners=False) computes them.
-    # torch may fuse multiply-adds and sums in another order: the kernel's error against fp64
-    # stays within twice torch's own error in the dtype, plus a few ulps (1e-13 in fp64).
-    h, w, out_h, out_w = sizes
-    x = torch.randn(3, 1, h, w, dtype=dtype, generator=torch.Generator().manual_seed(h * w))
-    weights = torch.randn(3, out_h, out_w, dtype=dtype, generator=torch.Generator().manual_seed(1))
-
-    def resized(fn, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        leaf = x.clone().requires_grad_()
-        out = fn(leaf)
-        (grad,) = torch.autograd.grad((out * weights.to(out.dtype)).sum(), [leaf])
-        return out.detach(), grad
-
-    def interpolate(x: torch.Tensor) -> torch.Tensor:
-        return F.interpolate(x, size=(out_h, out_w), mode="bilinear", align_corners=False)[:, 0]
-
-    def kernel(x: torch.Tensor) -> torch.Tensor:
-        ones = torch.ones_like(x)
-        return functional.gradcam(x, ones, relu=False, output_size=(out_h, out_w), backend="cpp")
-
-    got, torch_same, exact = (
-        resized(kernel, x),
-        resized(interpolate, x),
-        resized(interpolate, x.double()),
-    )
-    floor = 4 * torch.finfo(dtype).eps if dtype == torch.float32 else 1e-13
-    for g, t, e in zip(got, torch_same, exact, strict=True):
-        ok, error, bound = within_reference_error(g, t, e, floor)
-        assert ok, f"error {error:.3g} above {bound:.3g}"
-
-
-def cpp_gradcam_tied_map(kind: str) -> torch.Tensor:
-    a = torch.ones(1, 2, 4, 4, dtype=torch.float64)
-    if kind == "negative":
-        a = -a  # raw < 0 everywhere: the ReLU'd map is all zeros, every pixel ties
-    elif kind == "block":
-        a[0, :, 1:3, 1:3] = 3.0  # a 2×2 block of tied maxima, tied minima around it
-    return a
-
-
-@pytest.mark.cpp
-@needs_cpp
-@pytest.mark.parametrize(
-    "normalize, relu, kind",
-    [("max", relu, kind) for relu in (True, False) for kind in ("constant", "negative", "block")]
-    + [("minmax", relu, "block") for relu in (True, False)]
-    + [("minmax", True, "negative")],  # a constant signed map is ill-conditioned under minmax
-)
-def test_cpp_gradcam_ties_split_the_extreme_gradient_as_torch(
-    normalize: str, relu: bool, kind: str
-) -> None:
-    # amax/amin backward shares the gradient evenly among tied extremes; so must the kernel.
-    a = cpp_gradcam_tied_map(kind)
-    assert_cpp_gradcam_close(a, torch.ones_like(a), 1e-12, relu=relu, normalize=normalize)
-
-
-@pytest.mark.cpp
-@needs_cpp
-@settings(max_examples=15, deadline=None)
-@given(
-    shape=st.tuples(st.integers(1, 4), st.integers(1, 20), st.integers(1, 6), st.integers(1, 6)),
-    weighting=st.sampled_from(["mean", "elementwise"]),
-    relu=st.booleans(),
-    normalize=st.sampled_from([None, "max", "sum"]),
-    size=st.one_of(st.none(), st.tuples(st.integers(1, 9), st.integers(1, 9))),
-    seed=st.integers(0, 2**16),
-)
-def test_cpp_gradcam_property_matches_reference(
-    shape: tuple, weighting: str, relu: bool, normalize: str, size: tuple, seed: int
-) -> None:
-    if normalize == "sum" and not relu:
-        normalize = "max"  # Σx of a signed map can vanish: x / (Σx + ε) is then ill-conditioned
-    a, g = cpp_gradcam_inputs(shape, seed=seed)
-    kwargs = {"weighting": weighting, "relu": relu, "normalize": normalize, "output_size": size}
-    assert_cpp_gradcam_close(a, g, 1e-10, **kwargs)
-
-
-@pytest.mark.cpp
-@needs_cpp
-def test_cpp_gradcam_trains_through_the_gradients_like_cgc() -> None:
-    # CGC: G = ∂score/∂A with create_graph=True, a loss on the maps, and the parameters' gradient
-    # flows through the maps into G's graph: the cpp first-order backward must match exactly.
-    torch.manual_seed(29)
-    conv = torch.nn.Conv2d(3, 6, 3, padding=1, dtype=torch.float64)
-    head = torch.nn.Linear(6, 4, dtype=torch.float64)
-    images = torch.randn(5, 3, 7, 7, dtype=torch.float64)
-    labels = torch.tensor([0, 1, 2, 3, 1])
-
-    def parameter_grads(backend: str) -> list[torch.Tensor]:
-        activations = torch.tanh(conv(images))
-        scores = head(activations.mean(dim=(2, 3))).gather(1, labels[:, None]).sum()
-        (gradients,) = torch.autograd.grad(scores, activations, create_graph=True)
-        maps = functional.gradcam(
-            activations,
-            gradients,
-            weighting="elementwise",
-            normalize="sum",
-            output_size=(14, 14),
-            backend=backend,
-        )
-        loss = (maps * torch.linspace(-1, 1, maps.numel(), dtype=maps.dtype).view_as(maps)).sum()
-        # the head bias does not reach G = ∂score/∂A; every other parameter does
-        return list(torch.autograd.grad(loss, [*conv.parameters(), head.weight]))
-
-    for got, expected in zip(parameter_grads("cpp"), parameter_grads("reference"), strict=True):
-        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12)
-
-
-@pytest.mark.cpp
-@needs_cpp
-def test_cpp_gradcam_is_the_automatic_choice_on_cpu() -> None:
-    from amc_kernels import _dispatch
-
-    a, g = cpp_gradcam_inputs((2, 3, 4, 4), dtype=torch.float32)
-    options = {"weighting": "mean", "relu": True, "normalize": None, "output_size": None}
-    call = _dispatch.Call("gradcam", a.device, a.dtype, (tuple(a.shape), tuple(g.shape)), options)
-    assert _dispatch.select(call).backend == "cpp"
-    torch.testing.assert_close(
-        amc_kernels.gradcam(a, g), functional.gradcam(a, g, backend="cpp"), rtol=0, atol=0
-    )
-
-
-# --- triton backend ---
-
-TRITON_DTYPES = [
-    pytest.param(torch.float32, id="float32"),
-    pytest.param(torch.float64, id="float64"),
-    pytest.param(torch.float16, id="float16", marks=pytest.mark.cuda),
-    pytest.param(torch.bfloat16, id="bfloat16", marks=pytest.mark.cuda),
-]
-TRITON_OPTIONS = {
-    "mean-relu-max-up": ("mean", True, "max", (9, 8)),
-    "mean-none-same": ("mean", False, None, None),
-    "elem-relu-minmax-down": ("elementwise", True, "minmax", (3, 4)),
-    "elem-sum-skewed": ("elementwise", False, "sum", (11, 2)),
-}
-
-
-def triton_shape(size: str, device: torch.device) -> tuple[int, int, int, int]:
-    """[B, K, H, W]: one pixel; odd sizes; more channels and pixels than one tile (16 × 4
-    under the interpreter, 1024 pixels on GPUs)."""
-    big = (2, 9, 5, 7) if device.type == "cpu" else (3, 70, 36, 33)
-    return {"one": (1, 1, 1, 1), "odd": (3, 5, 3, 5), "beyond_tile": big}[size]
-
-
-def assert_triton_gradcam_matches(a: torch.Tensor, g: torch.Tensor, **kwargs) -> None:
-    ok, error, bound = compare_backend("gradcam", "triton", (a, g), kwargs)
-    assert ok, f"triton error {error:.3g} above the bound {bound:.3g}"
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("dtype", TRITON_DTYPES)
-@pytest.mark.parametrize("size", ["one", "odd", "beyond_tile"])
-@pytest.mark.parametrize("options", list(TRITON_OPTIONS.values()), ids=list(TRITON_OPTIONS))
-def test_triton_gradcam_matches_reference(
-    triton_device: torch.device, dtype: torch.dtype, size: str, options: tuple
-) -> None:
-    shape = triton_shape(size, triton_device)
-    a, g = (x.to(triton_device) for x in cpp_gradcam_inputs(shape, seed=sum(shape), dtype=dtype))
-    if size == "one" and options[2] == "minmax":
-        options = (*options[:2], "max", options[3])  # minmax of a resized 1×1 map is 0/ε-noise
-    assert_triton_gradcam_matches(a, g, **cpp_gradcam_kwargs(options, shape))
-
-
-@pytest.mark.triton
-def test_triton_gradcam_non_contiguous_inputs(triton_device: torch.device) -> None:
-    a, g = cpp_gradcam_inputs((2, 4, 5, 3), seed=11)
-    a_view = a.transpose(2, 3).contiguous().transpose(2, 3).to(triton_device)
-    g_view = torch.cat([g, g], dim=1)[:, ::2].to(triton_device)  # channel stride 2
-    assert not a_view.is_contiguous() and not g_view.is_contiguous()
-    for options in TRITON_OPTIONS.values():
-        assert_triton_gradcam_matches(a_view, g_view, **cpp_gradcam_kwargs(options, a.shape))
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize(
-    ("normalize", "kind"),
-    [(n, k) for n in ("max", "minmax", "sum") for k in ("constant", "negative", "block")
-     if (n, k) != ("minmax", "constant")],  # a constant map under minmax is 0/ε-noise
-)  # fmt: skip
-def test_triton_gradcam_ties_and_flat_maps(
-    triton_device: torch.device, normalize: str, kind: str
-) -> None:
-    # Tied extremes share the amax/amin gradient evenly (as torch); ReLU'd zeros carry none.
-    a = cpp_gradcam_tied_map(kind).to(triton_device)
-    g = torch.ones_like(a)
-    for output_size in (None, (6, 5)):
-        assert_triton_gradcam_matches(a, g, normalize=normalize, output_size=output_size)
-
-
-@pytest.mark.triton
-@pytest.mark.parametrize("normalize", NORMALIZATIONS)
-def test_triton_gradcam_gradcheck(triton_device: torch.device, normalize: str | None) -> None:
-    a = positive(1, 2, 3, 3, seed=1).to(triton_device).requires_grad_()
-    g = positive(1, 2, 3, 3, seed=2).to(triton_device).requires_grad_()
-    for weighting in WEIGHTINGS:
-
-        def fn(x: torch.Tensor, y: torch.Tensor, weighting: str = weighting) -> torch.Tensor:
-            return functional.gradcam(
-                x, y, weighting=weighting, normalize=normalize, output_size=(4, 5),
-                backend="triton",
-            )  # fmt: skip
-
-        assert torch.autograd.gradcheck(fn, (a, g), fast_mode=True)
-
-
-@pytest.mark.triton
-def test_triton_gradcam_empty_batch_and_zero_channels(triton_device: torch.device) -> None:
-    empty = torch.zeros(0, 3, 4, 4, device=triton_device, requires_grad=True)
-    out = functional.gradcam(empty, empty, normalize="minmax", output_size=(5, 6), backend="triton")
-    assert out.shape == (0, 5, 6)
-    (grad,) = torch.autograd.grad(out.sum(), empty)
-    assert grad.shape == empty.shape
-    no_channels = torch.zeros(2, 0, 3, 4, dtype=torch.float64, device=triton_device)
-    for normalize in NORMALIZATIONS:
-        got = functional.gradcam(no_channels, no_channels, normalize=normalize, backend="triton")
-        expected = gradcam(no_channels.cpu(), no_channels.cpu(), normalize=normalize)
-        torch.testing.assert_close(got.cpu(), expected, rtol=0, atol=0)
-
-
-@pytest.mark.triton
-def test_triton_gradcam_opcheck(triton_device: torch.device) -> None:
-    from amc_kernels.triton_kernels import gradcam as ops
-
-    # Under the interpreter the fake-tensor checks would launch the interpreted kernels on fake
-    # tensors (it copies arguments to host memory), so CPU runs the schema and autograd checks.
-    utils = ("test_schema", "test_autograd_registration")
-    if triton_device.type == "cuda":
-        utils += ("test_faketensor", "test_aot_dispatch_dynamic")
-    a, g = (x.to(triton_device) for x in cpp_gradcam_inputs((2, 3, 4, 5), seed=4))
-    for weighting, relu, normalize, size in TRITON_OPTIONS.values():
-        options = (weighting, relu, normalize or "none", list(size or ()))
-        opcheck(ops.gradcam_fwd, (a.requires_grad_(), g, *options), test_utils=utils)
-        maps, raw, alpha = ops.gradcam_fwd(a.detach(), g, *options)
-        grad = torch.randn_like(maps)
-        for mask in ([True, True], [True, False], [False, True]):
-            bwd_args = (grad, a.detach(), g, raw, alpha, *options, mask)
-            opcheck(ops.gradcam_bwd, bwd_args, test_utils=utils)
-
-
-@pytest.mark.triton
-def test_triton_gradcam_backward_honours_output_mask(triton_device: torch.device) -> None:
-    from amc_kernels.triton_kernels import gradcam as ops
-
-    a, g = (x.to(triton_device) for x in cpp_gradcam_inputs((2, 3, 4, 5), seed=5))
-    for weighting, relu, normalize, size in TRITON_OPTIONS.values():
-        options = (weighting, relu, normalize or "none", list(size or ()))
-        maps, raw, alpha = ops.gradcam_fwd(a, g, *options)
-        grad = torch.randn_like(maps)
-        full = ops.gradcam_bwd(grad, a, g, raw, alpha, *options, [True, True])
-        for mask in ([True, False], [False, True]):
-            got = ops.gradcam_bwd(grad, a, g, raw, alpha, *options, mask)
-            for wanted, x, f in zip(mask, got, full, strict=True):
-                assert torch.equal(x, f) if wanted else x.shape == (0,)
-
-
-@pytest.mark.triton
-@pytest.mark.cuda
-def test_triton_gradcam_torch_compile_fullgraph() -> None:
-    a, g = (x.float().cuda().requires_grad_() for x in cpp_gradcam_inputs((4, 64, 7, 7), seed=6))
-
-    @torch.compile(fullgraph=True)
-    def total(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        maps = amc_kernels.gradcam(x, y, normalize="minmax", output_size=(32, 32), backend="triton")
-        return (maps * maps).sum()
-
-    got = total(a, g)
-    grads = torch.autograd.grad(got, (a, g))
-    leaves = [a.detach().double().requires_grad_(), g.detach().double().requires_grad_()]
-    maps = gradcam(*leaves, normalize="minmax", output_size=(32, 32))
-    expected = (maps * maps).sum()
-    expected_grads = torch.autograd.grad(expected, leaves)
-    torch.testing.assert_close(got.double(), expected, rtol=1e-4, atol=1e-4)
-    for x, y in zip(grads, expected_grads, strict=True):
-        torch.testing.assert_close(x.double(), y, rtol=1e-3, atol=1e-3)
-
-
-@pytest.mark.triton
-def test_triton_gradcam_double_backward_raises(triton_device: torch.device) -> None:
-    a = positive(1, 2, 3, 3, seed=1).to(triton_device).requires_grad_()
-    out = functional.gradcam(a, a.detach(), normalize="max", backend="triton")
-    (grad,) = torch.autograd.grad(out.sum(), a, create_graph=True)
-    with pytest.raises(RuntimeError, match=r"double backward.*gradcam_triton_bwd"):
-        grad.sum().backward()

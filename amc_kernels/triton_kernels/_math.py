@@ -13,7 +13,7 @@ that the constants and the precise operations are chosen at compile time.
   sine to t¹⁵, derivative √(1−s²)), which takes the fp32-accurate polynomial to fp64 accuracy.
   Measured against torch.arccos in fp64 of the same cosine, on 2·10⁶ + 1 evenly spaced points
   of [−1+δ, 1−δ] plus 2·10⁵ points within 1e-3 of ±1 (under the interpreter; the test in
-  python_tests/test_angular_distance.py keeps a margin for the fused multiply-adds of GPUs):
+  python_tests/test_angular_distance_kernels.py keeps a margin for the fused multiply-adds of GPUs):
   fp32: max |error| 3.0e-7 rad, 1.26 ulp of θ (torch.arccos in fp32: 1.9e-7 rad, 0.79 ulp);
   fp64: max |error| 8.9e-16 rad, 2 ulp of θ.
 * :func:`clamped_arccos_grad`: dθ/dc = −1/√(1 − c·c) (as torch.arccos's backward evaluates it)
