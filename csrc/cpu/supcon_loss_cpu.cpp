@@ -10,12 +10,7 @@
 // with k = T / T_base, y the dense class ids of the labels (the sample index when labels is
 // None) and S[y] the sum of the contrast rows of class y: the positives reduce to per-class sums,
 // O(N·D). The output is the mean over the A anchors, the sum, or [A]; lse [A] is saved.
-// Backward: dL/dl_ac = k·w_a·(p_ac − 1[c ∈ P_a] / |P_a|), p_ac = exp(l_ac − lse_a), w_a the
-// upstream weight of anchor a, 0 for an anchor without positives. The softmax part recomputes the
-// logit tiles; the positive part uses the class sums again; then the normalisation backward.
-// output_mask: without grad_negatives no GEMM writes the negatives' rows of dZ; without
-// grad_features only the anchor × other-column tiles that reach the negatives run, each with its
-// one GEMM into the negatives' rows.
+// Backward: supcon_loss_backward_cpu.cpp.
 //
 // Mapping. The anchor × anchor block of the logits is symmetric. Its rows are cut into 2·threads
 // task tiles, and each task tile pair I ≤ J is one task; the anchor × other-column block (the
@@ -29,46 +24,38 @@
 // the rows of I and whose columns (symmetric blocks) that of the rows of J. A GEMM tile on the
 // diagonal uses its strict upper triangle for both, so that every pair {a, c} is one logit value
 // in both directions and in both passes (BLAS does not return an exactly symmetric Z_I Z_Iᵀ, and
-// large logits would turn that into inconsistent softmaxes). The backward recomputes each GEMM
-// tile, turns it in place into G, the softmax part of dL/d⟨z_i, z_j⟩ (both directions of a
-// symmetric tile at once), and adds G·Z_J to dZ_I and Gᵀ·Z_I to dZ_J (two GEMMs; one for a
-// diagonal tile, whose G is symmetric). Epilogues are SIMD loops (x86-64-v4, x86-64-v3 or
-// baseline clones) over the rows of a tile, with the exponentials max-subtracted. Small problems
-// (A·C·D < 2^20) run on the calling thread in GEMM tiles of up to 1024 rows.
+// large logits would turn that into inconsistent softmaxes). Epilogues are SIMD loops (x86-64-v4,
+// x86-64-v3 or baseline clones) over the rows of a tile, with the exponentials max-subtracted.
+// Small problems (A·C·D < 2^20) run on the calling thread in GEMM tiles of up to 1024 rows.
 // Memory: the C × D rows (and their stacked copy), their gradient and one tile per thread; never
 // an A × C matrix. Accumulation: fp32 (fp64 for fp64 inputs); fp16 and bf16 rows are converted
 // once, as Z is built.
+#include "supcon_loss_cpu.h"
+
 #include <ATen/TensorOperators.h>
-#include <ATen/core/Tensor.h>
 #include <ATen/ops/_unique.h>
 #include <ATen/ops/addmm.h>
 #include <ATen/ops/arange.h>
 #include <ATen/ops/bincount.h>
 #include <ATen/ops/cat.h>
 #include <ATen/ops/empty.h>
-#include <ATen/ops/full_like.h>
 #include <ATen/ops/where.h>
 #include <ATen/ops/zeros.h>
 #include <ATen/ops/zeros_like.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
-#include <algorithm>
 #include <limits>
-#include <string>
-#include <tuple>
-#include <vector>
 
 #include "amc_kernels/checks.h"
 #include "amc_kernels/dispatch.h"
 #include "amc_kernels/math.h"
-#include "tile_utils_cpu.h"
 
 namespace amc_kernels::cpu {
+namespace supcon {
 namespace {
 
 constexpr const char* kFwd = "supcon_loss_fwd";
-constexpr const char* kBwd = "supcon_loss_bwd";
 // Rows and columns of one GEMM tile: 256 × 256 fp32 logits stay in a core's L2 cache.
 constexpr int64_t kGemmTile = 256;
 // Below this many multiply-adds in the logits (A·C·D) the work runs on the calling thread in
@@ -76,6 +63,19 @@ constexpr int64_t kGemmTile = 256;
 // of parallel rounds that would cost more than they save.
 constexpr int64_t kParallelWork = int64_t(1) << 20;
 constexpr int64_t kSerialGemmTile = 1024;
+
+// Dense class ids of the samples ([N] int64) and their number.
+std::tuple<at::Tensor, int64_t> sample_classes(const std::optional<at::Tensor>& labels,
+                                               int64_t samples, const at::TensorOptions& options) {
+  if (!labels.has_value()) {
+    return {at::arange(samples, options.dtype(at::kLong)), samples};
+  }
+  const auto [values, inverse] = at::_unique(*labels, /*sorted=*/true, /*return_inverse=*/true);
+  return {inverse.to(at::kLong), values.size(0)};
+}
+
+}  // namespace
+
 // ---- inputs --------------------------------------------------------------------------------
 
 void check_inputs(const char* op, const at::Tensor& features,
@@ -111,54 +111,6 @@ void check_inputs(const char* op, const at::Tensor& features,
 }
 
 // ---- the problem ---------------------------------------------------------------------------
-
-// Rows [begin, end) cut into tiles of `tile` rows (the last one shorter).
-struct Tiling {
-  int64_t begin;
-  int64_t end;
-  int64_t tile;
-
-  // [begin, end) in `parts` tiles of equal size (fewer when there are fewer rows).
-  static Tiling split(int64_t begin, int64_t end, int64_t parts) {
-    return {begin, end, std::max<int64_t>(1, (end - begin + parts - 1) / parts)};
-  }
-
-  int64_t count() const { return tile_count(end - begin, tile); }
-  Span span(int64_t index) const {
-    const Span local = tile_span(index, end - begin, tile);
-    return {begin + local.begin, local.size};
-  }
-};
-
-// Everything both passes derive from the inputs: the rows, their classes and the tiling.
-struct Problem {
-  int64_t samples;     // N
-  int64_t views;       // V
-  int64_t rows;        // R = V·N contrast rows
-  int64_t anchors;     // A
-  int64_t columns;     // C = R + M
-  double temperature;  // T
-  double scale;        // k = T / T_base
-  at::Tensor z;           // [C, D] compute dtype: contrast rows, then negatives (unit if normalize)
-  at::Tensor norms;       // [C] their norms before normalisation (if normalize)
-  at::Tensor row_class;   // [R] int64 dense class id of each contrast row
-  at::Tensor positives;   // [A] compute dtype |P_a|
-  at::Tensor class_sums;  // [K, D] S[y]
-  bool parallel;          // whether the tasks of a round run in parallel
-  Tiling anchor_tasks;    // [0, A) in task tiles
-  Tiling other_tasks;     // [A, C) in as many task tiles
-  int64_t gemm_tile;      // rows and columns of a GEMM tile
-};
-
-// Dense class ids of the samples ([N] int64) and their number.
-std::tuple<at::Tensor, int64_t> sample_classes(const std::optional<at::Tensor>& labels,
-                                               int64_t samples, const at::TensorOptions& options) {
-  if (!labels.has_value()) {
-    return {at::arange(samples, options.dtype(at::kLong)), samples};
-  }
-  const auto [values, inverse] = at::_unique(*labels, /*sorted=*/true, /*return_inverse=*/true);
-  return {inverse.to(at::kLong), values.size(0)};
-}
 
 Problem make_problem(const at::Tensor& features, const std::optional<at::Tensor>& labels,
                      const std::optional<at::Tensor>& negatives, double temperature,
@@ -203,12 +155,6 @@ Problem make_problem(const at::Tensor& features, const std::optional<at::Tensor>
 
 // ---- task schedule -------------------------------------------------------------------------
 
-// Tasks that share no task tile: pairs of anchor task tiles (the symmetric block), or an anchor
-// task tile and an other-column task tile.
-using Round = std::vector<TilePair>;
-
-// Every anchor task tile pair I ≤ J once, in rounds in which no tile appears twice: the
-// diagonal pairs, then the circle method (slot `cycle` fixed, the others rotating; a bye when odd).
 std::vector<Round> symmetric_rounds(int64_t tiles) {
   std::vector<Round> rounds(1);
   for (int64_t t = 0; t < tiles; ++t) {
@@ -232,8 +178,6 @@ std::vector<Round> symmetric_rounds(int64_t tiles) {
   return rounds;
 }
 
-// Every (anchor tile, other tile) pair once, in rounds in which no tile appears twice: round r
-// pairs anchor tile i with other tile (i + r) mod P, when it exists, P the longer tile count.
 std::vector<Round> one_sided_rounds(int64_t anchor_tiles, int64_t other_tiles) {
   const int64_t period = std::max(anchor_tiles, other_tiles);
   std::vector<Round> rounds;
@@ -250,39 +194,6 @@ std::vector<Round> one_sided_rounds(int64_t anchor_tiles, int64_t other_tiles) {
   return rounds;
 }
 
-// The scratch of one thread: a GEMM tile of logits and its per-row and per-column maxima and
-// sums.
-template <typename acc_t>
-struct Scratch {
-  at::Tensor buffer;
-  std::vector<acc_t> row_max;
-  std::vector<acc_t> column_max;
-  std::vector<acc_t> column_sum;
-
-  Scratch(int64_t tile, const at::TensorOptions& options)
-      : buffer(at::empty({tile * tile}, options)),
-        row_max(tile),
-        column_max(tile),
-        column_sum(tile) {}
-};
-
-// Runs task(pair, scratch) for every pair: the rounds one after the other, the pairs of a round
-// in parallel (or on this thread when the problem is small).
-template <typename acc_t, typename Task>
-void run_rounds(const std::vector<Round>& rounds, const Problem& p, const Task& task) {
-  const int64_t tile = p.gemm_tile;
-  for (const Round& round : rounds) {
-    const int64_t tasks = static_cast<int64_t>(round.size());
-    at::parallel_for(0, tasks, p.parallel ? 1 : tasks, [&](int64_t begin, int64_t end) {
-      Scratch<acc_t> scratch(tile, p.z.options());
-      for (int64_t t = begin; t < end; ++t) {
-        task(round[t], scratch);
-      }
-    });
-  }
-}
-
-// L = Z[rows]·Z[cols]ᵀ / T as a contiguous rows.size × cols.size matrix in the scratch buffer.
 at::Tensor logit_tile(const Problem& p, Span rows, Span cols, at::Tensor& buffer) {
   at::Tensor tile = buffer.narrow(0, 0, rows.size * cols.size).view({rows.size, cols.size});
   at::addmm_out(tile, tile, p.z.narrow(0, rows.begin, rows.size),
@@ -290,23 +201,7 @@ at::Tensor logit_tile(const Problem& p, Span rows, Span cols, at::Tensor& buffer
   return tile;
 }
 
-// Calls gemm_tile(rows, cols, diagonal) for every GEMM tile of a task's block: its rows and
-// columns in spans of at most p.gemm_tile; for a task on the diagonal (rows = cols), only the
-// tiles on or above the diagonal, `diagonal` marking a span with itself.
-template <typename Fn>
-void for_each_gemm_tile(const Problem& p, Span rows, Span cols, bool diagonal_task,
-                        const Fn& gemm_tile) {
-  const Tiling row_tiles{rows.begin, rows.begin + rows.size, p.gemm_tile};
-  const Tiling col_tiles{cols.begin, cols.begin + cols.size, p.gemm_tile};
-  for (int64_t i = 0; i < row_tiles.count(); ++i) {
-    for (int64_t j = diagonal_task ? i : 0; j < col_tiles.count(); ++j) {
-      gemm_tile(row_tiles.span(i), col_tiles.span(j), diagonal_task && i == j);
-    }
-  }
-}
-
-// The first column of row i that a GEMM tile uses: past the diagonal for a span with itself.
-int64_t first_column(bool diagonal, int64_t i) { return diagonal ? i + 1 : 0; }
+namespace {
 
 // ---- forward: online log-sum-exp -----------------------------------------------------------
 
@@ -425,125 +320,6 @@ at::Tensor anchor_log_sum_exp(const Problem& p) {
   return lse;
 }
 
-// ---- backward: softmax part ----------------------------------------------------------------
-
-// row[j] ← coef·exp(row[j] − shift) + column_coef[j]·exp(row[j] − column_shift[j]).
-template <typename acc_t>
-AMC_SIMD_CLONES void symmetric_grad_row(acc_t* row, acc_t coef, acc_t shift,
-                                        const acc_t* column_coef, const acc_t* column_shift,
-                                        int64_t n) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) {
-    const acc_t v = row[j];
-    row[j] = coef * simd_exp(v - shift) + column_coef[j] * simd_exp(v - column_shift[j]);
-  }
-}
-
-// row[j] ← coef·exp(row[j] − shift).
-template <typename acc_t>
-AMC_SIMD_CLONES void anchor_grad_row(acc_t* row, acc_t coef, acc_t shift, int64_t n) {
-#pragma omp simd
-  for (int64_t j = 0; j < n; ++j) {
-    row[j] = coef * simd_exp(row[j] - shift);
-  }
-}
-
-// g ← U + Uᵀ for the strict upper triangle U of the n × n matrix g: zero diagonal, lower
-// triangle mirrored from the upper one.
-template <typename acc_t>
-void mirror_upper_triangle(acc_t* g, int64_t n) {
-  for (int64_t i = 0; i < n; ++i) {
-    g[i * n + i] = 0;
-    for (int64_t j = i + 1; j < n; ++j) {
-      g[j * n + i] = g[i * n + j];
-    }
-  }
-}
-
-// The rows of dZ that a backward fills: [0, R) for grad_features, [R, C) for grad_negatives.
-struct WantedRows {
-  bool features;
-  bool negatives;
-
-  // The other columns [A, C) whose rows are wanted: [A, R) with the features, [R, C) with the
-  // negatives.
-  Span others(const Problem& p) const {
-    const int64_t begin = features ? p.anchors : p.rows;
-    return {begin, (negatives ? p.columns : p.rows) - begin};
-  }
-};
-
-// The columns of `cols` within `wanted`, as an offset into cols and a size (0 if none).
-Span overlap(Span cols, Span wanted) {
-  const int64_t begin = std::max(cols.begin, wanted.begin);
-  const int64_t end = std::min(cols.begin + cols.size, wanted.begin + wanted.size);
-  return {begin - cols.begin, std::max<int64_t>(0, end - begin)};
-}
-
-// dZ += the softmax part of dL/dZ: Σ_{a, c ≠ a} coef_a·p_ac·(z_c on row a, z_a on row c), with
-// coef_a = k·w_a/T for anchors with positives and 0 otherwise; shift_a = lse_a (+inf where
-// coef_a = 0, so that exp gives 0 and never meets a −inf lse). Only the wanted rows: the anchor
-// rows (and the symmetric tiles, which feed nothing else) with the features, the GEMMs into
-// other columns only for those wanted.
-template <typename acc_t>
-void add_softmax_grad(const Problem& p, const acc_t* coef, const acc_t* shift, WantedRows wanted,
-                      at::Tensor& grad_z) {
-  const auto symmetric_tile = [&](Span rows, Span cols, bool diagonal, Scratch<acc_t>& scratch) {
-    at::Tensor g = logit_tile(p, rows, cols, scratch.buffer);
-    acc_t* values = g.mutable_data_ptr<acc_t>();
-    for (int64_t i = 0; i < rows.size; ++i) {
-      const int64_t first = first_column(diagonal, i);
-      symmetric_grad_row(values + i * cols.size + first, coef[rows.begin + i],
-                         shift[rows.begin + i], coef + cols.begin + first,
-                         shift + cols.begin + first, cols.size - first);
-    }
-    const at::Tensor z_rows = p.z.narrow(0, rows.begin, rows.size);
-    if (diagonal) {  // G symmetric: one product covers both sides
-      mirror_upper_triangle(values, rows.size);
-      grad_z.narrow(0, rows.begin, rows.size).addmm_(g, z_rows);
-    } else {
-      grad_z.narrow(0, rows.begin, rows.size).addmm_(g, p.z.narrow(0, cols.begin, cols.size));
-      grad_z.narrow(0, cols.begin, cols.size).addmm_(g.t(), z_rows);
-    }
-  };
-  const Span others = wanted.others(p);
-  const auto one_sided_tile = [&](Span rows, Span cols, Scratch<acc_t>& scratch) {
-    const Span kept = overlap(cols, others);  // offset into cols
-    if (!wanted.features && kept.size == 0) {
-      return;
-    }
-    at::Tensor g = logit_tile(p, rows, cols, scratch.buffer);
-    acc_t* values = g.mutable_data_ptr<acc_t>();
-    for (int64_t i = 0; i < rows.size; ++i) {
-      anchor_grad_row(values + i * cols.size, coef[rows.begin + i], shift[rows.begin + i],
-                      cols.size);
-    }
-    if (wanted.features) {
-      grad_z.narrow(0, rows.begin, rows.size).addmm_(g, p.z.narrow(0, cols.begin, cols.size));
-    }
-    if (kept.size > 0) {
-      grad_z.narrow(0, cols.begin + kept.begin, kept.size)
-          .addmm_(g.t().narrow(0, kept.begin, kept.size), p.z.narrow(0, rows.begin, rows.size));
-    }
-  };
-  const auto symmetric = [&](TilePair pair, Scratch<acc_t>& scratch) {
-    for_each_gemm_tile(p, p.anchor_tasks.span(pair.first), p.anchor_tasks.span(pair.second),
-                       pair.first == pair.second, [&](Span rows, Span cols, bool diagonal) {
-                         symmetric_tile(rows, cols, diagonal, scratch);
-                       });
-  };
-  const auto one_sided = [&](TilePair pair, Scratch<acc_t>& scratch) {
-    for_each_gemm_tile(p, p.anchor_tasks.span(pair.first), p.other_tasks.span(pair.second),
-                       false, [&](Span rows, Span cols, bool) {
-                         one_sided_tile(rows, cols, scratch);
-                       });
-  };
-  if (wanted.features) {
-    run_rounds<acc_t>(symmetric_rounds(p.anchor_tasks.count()), p, symmetric);
-  }
-  run_rounds<acc_t>(one_sided_rounds(p.anchor_tasks.count(), p.other_tasks.count()), p, one_sided);
-}
-
 // ---- the positives through class sums -----------------------------------------------------
 
 // ⟨z_a, S[y_a] − z_a⟩ / T for every anchor, [A].
@@ -551,19 +327,6 @@ at::Tensor positive_logit_sums(const Problem& p) {
   const at::Tensor anchors = p.z.narrow(0, 0, p.anchors);
   const at::Tensor others = p.class_sums.index_select(0, p.row_class.narrow(0, 0, p.anchors));
   return ((others - anchors) * anchors).sum(1) / p.temperature;
-}
-
-// dZ −= Σ_a β_a Σ_{c ∈ P_a} (z_c on row a, z_a on row c), β_a = coef_a / |P_a|:
-// row a gets β_a·(S[y_a] − z_a); contrast row c gets Q[y_c] − β_c·z_c, Q[y] = Σ_{y_a = y} β_a z_a.
-void subtract_positive_grad(const Problem& p, const at::Tensor& coef, at::Tensor& grad_z) {
-  const at::Tensor anchors = p.z.narrow(0, 0, p.anchors);
-  const at::Tensor anchor_class = p.row_class.narrow(0, 0, p.anchors);
-  const at::Tensor beta = (coef / p.positives.clamp_min(1)).unsqueeze(1);
-  const at::Tensor weighted =
-      at::zeros_like(p.class_sums).index_add_(0, anchor_class, beta * anchors);
-  grad_z.narrow(0, 0, p.anchors)
-      .sub_(beta * (p.class_sums.index_select(0, anchor_class) - 2 * anchors));
-  grad_z.narrow(0, 0, p.rows).sub_(weighted.index_select(0, p.row_class));
 }
 
 // ---- entry points --------------------------------------------------------------------------
@@ -595,80 +358,13 @@ std::tuple<at::Tensor, at::Tensor> supcon_loss_fwd_cpu(
   return {reduce(per_anchor, reduction), lse};
 }
 
-// w_a: the upstream gradient of each anchor's loss, [A].
-at::Tensor anchor_weights(const at::Tensor& grad, int64_t anchors, const std::string& reduction,
-                          at::ScalarType dtype) {
-  const at::Tensor g = grad.to(dtype);
-  if (reduction == "none") {
-    return g.contiguous();
-  }
-  const double divisor =
-      reduction == "mean" ? static_cast<double>(std::max<int64_t>(anchors, 1)) : 1.0;
-  return (g / divisor).expand({anchors}).contiguous();
-}
-
-std::tuple<at::Tensor, at::Tensor> supcon_loss_bwd_cpu(
-    const at::Tensor& grad, const at::Tensor& features, const std::optional<at::Tensor>& labels,
-    const std::optional<at::Tensor>& negatives, const at::Tensor& lse, double temperature,
-    double base_temperature, std::string contrast_mode, bool normalize, std::string reduction,
-    const c10::List<bool>& output_mask) {
-  check_inputs(kBwd, features, labels, negatives, temperature, base_temperature, contrast_mode,
-               reduction);
-  const auto [want_features, want_negatives] =
-      checked_output_mask<2>(output_mask, kBwd, "features, negatives");
-  const WantedRows wanted{want_features, want_negatives && negatives.has_value()};
-  const Problem p = make_problem(features, labels, negatives, temperature, base_temperature,
-                                 contrast_mode, normalize);
-  const auto dtype = p.z.scalar_type();
-  AMC_CHECK(lse.dim() == 1 && lse.size(0) == p.anchors && lse.scalar_type() == dtype, kBwd,
-            "lse must be the [", p.anchors, "] ", dtype, " statistics of supcon_loss_fwd, got ",
-            lse.sizes(), " ", lse.scalar_type());
-  at::Tensor grad_features = at::empty({0}, features.options());
-  at::Tensor grad_negatives =
-      at::empty({0}, negatives.has_value() ? negatives->options() : features.options());
-  if (!wanted.features && !wanted.negatives) {
-    return {grad_features, grad_negatives};
-  }
-  const at::Tensor with_positives = p.positives > 0;
-  const at::Tensor coef = at::where(
-      with_positives, anchor_weights(grad, p.anchors, reduction, dtype) * (p.scale / temperature),
-      at::zeros_like(lse));
-  const at::Tensor shift =
-      at::where(coef != 0, lse, at::full_like(lse, std::numeric_limits<double>::infinity()));
-  at::Tensor grad_z = at::zeros_like(p.z);
-  AT_DISPATCH_FLOATING_TYPES(dtype, kBwd, [&] {
-    add_softmax_grad<scalar_t>(p, coef.contiguous().const_data_ptr<scalar_t>(),
-                               shift.contiguous().const_data_ptr<scalar_t>(), wanted, grad_z);
-  });
-  // dL/dx of rows [begin, begin + count) in the inputs' dtype, through the normalisation's
-  // backward (at ‖x‖ = ε the form of newer torch: the op has no clamp_grad_at_bounds).
-  const auto input_grad = [&](int64_t begin, int64_t count) {
-    const at::Tensor grad_rows = grad_z.narrow(0, begin, count);
-    if (!normalize) {  // a fresh tensor, never a view into grad_z
-      return grad_rows.to(features.scalar_type(), /*non_blocking=*/false, /*copy=*/true);
-    }
-    const UnitRows rows{p.z.narrow(0, begin, count), p.norms.narrow(0, begin, count)};
-    return unit_rows_backward(rows, grad_rows, features.scalar_type(),
-                              /*clamp_grad_at_bounds=*/false);
-  };
-  if (wanted.features) {
-    subtract_positive_grad(p, coef, grad_z);
-    grad_features = input_grad(0, p.rows)
-                        .view({p.views, p.samples, features.size(2)})
-                        .transpose(0, 1)
-                        .contiguous();
-  }
-  if (wanted.negatives) {
-    grad_negatives = input_grad(p.rows, p.columns - p.rows);
-  }
-  return {grad_features, grad_negatives};
-}
-
 }  // namespace
 
+}  // namespace supcon
+
 TORCH_LIBRARY_IMPL(amc_kernels, CPU, m) {
-  m.impl("supcon_loss_fwd", &supcon_loss_fwd_cpu);
-  m.impl("supcon_loss_bwd", &supcon_loss_bwd_cpu);
+  m.impl("supcon_loss_fwd", &supcon::supcon_loss_fwd_cpu);
+  m.impl("supcon_loss_bwd", &supcon::supcon_loss_bwd_cpu);
 }
 
 }  // namespace amc_kernels::cpu
