@@ -19,16 +19,11 @@ op and the tolerance rule), ``contract`` (library ops, schemas, strided layouts)
 """
 
 from .._register import library_op
-from ._constants import (
-    DIFFERENTIABLE,
-    FLOOR,
-    INTERPRETER_BATCH,
-    INTERPRETER_FRAME,
-    MASK_NEAR,
-    Arguments,
-)
+from .._spec import Arguments
 from .closed_forms import ClosedForm, closed_form_cases
 from .compare import (
+    FLOOR,
+    MASK_NEAR,
     as_arguments,
     call,
     compare_backend,
@@ -48,6 +43,8 @@ from .contract import (
 )
 from .variants import (
     GRADCAM_OPTIONS,
+    INTERPRETER_BATCH,
+    INTERPRETER_FRAME,
     VARIANTS,
     Draw,
     Variant,
@@ -59,7 +56,6 @@ from .variants import (
 )
 
 __all__ = [
-    "DIFFERENTIABLE",
     "FLOOR",
     "GRADCAM_OPTIONS",
     "INTERPRETER_BATCH",

@@ -10,12 +10,12 @@ from typing import Any
 import torch
 
 from .. import _dispatch, functional
-from .._spec import SPECS
-from ._constants import (
-    FLOOR,
-    MASK_NEAR,
-    Arguments,
-)
+from .._spec import SPECS, Arguments
+
+#: Absolute floors of the low-precision rule, per compute dtype of the inputs.
+FLOOR = {torch.float64: 1e-10, torch.float32: 1e-5, torch.float16: 1e-3, torch.bfloat16: 1e-2}
+#: |e − boundary| under which a backend's keep decision may follow its own rounding.
+MASK_NEAR = 1e-5
 
 
 def as_arguments(op: str, args: Sequence[Any], kwargs: dict[str, Any] | None = None) -> Arguments:

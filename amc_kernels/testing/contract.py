@@ -11,10 +11,7 @@ import torch
 
 from .._clamp_convention import CLAMP_GRAD_AT_BOUNDS
 from .._register import library_op
-from .._spec import SPECS
-from ._constants import (
-    Arguments,
-)
+from .._spec import SPECS, Arguments
 
 #: Backend-independent trailing arguments of backward ops, by schema name (amc_kernels._register).
 BACKWARD_EXTRAS = {"clamp_grad_at_bounds": CLAMP_GRAD_AT_BOUNDS}

@@ -8,12 +8,12 @@ from dataclasses import dataclass
 
 import torch
 
-from .._spec import OPS, SPECS
-from ._constants import (
-    INTERPRETER_BATCH,
-    INTERPRETER_FRAME,
-    Arguments,
-)
+from .._spec import OPS, SPECS, Arguments
+
+#: The largest default batch of a sample under the Triton interpreter.
+INTERPRETER_BATCH = 4
+#: The largest cgc_loss frame (size) of a sample under the Triton interpreter.
+INTERPRETER_FRAME = 12
 
 
 class Draw:
