@@ -27,6 +27,7 @@
 #include <string>
 
 #include "amc_kernels/checks.h"
+#include "amc_kernels/checks_amc_loss.h"
 #include "amc_kernels/dispatch.h"
 #include "amc_kernels/math.h"
 #include "tile_utils_cpu.h"
@@ -36,28 +37,6 @@ namespace {
 
 constexpr const char* kFwd = "amc_loss_fwd";
 constexpr const char* kBwd = "amc_loss_bwd";
-
-void check_inputs(const char* op, const at::Tensor& features, const at::Tensor& labels,
-                  const std::string& pairs, const std::string& reduction) {
-  AMC_CHECK_DIM(features, 2, op, "features");
-  AMC_CHECK_FLOATING(features, op, "features");
-  AMC_CHECK_DIM(labels, 1, op, "labels");
-  AMC_CHECK(at::isIntegralType(labels.scalar_type(), /*includeBool=*/false), op,
-            "labels must be an integer tensor, got ", labels.scalar_type());
-  AMC_CHECK(labels.size(0) == features.size(0), op, "labels must have one entry per row (",
-            features.size(0), "), got ", labels.size(0));
-  AMC_CHECK(pairs == "all" || pairs == "halves", op, "pairs must be 'all' or 'halves', got '",
-            pairs, "'");
-  AMC_CHECK(reduction == "mean" || reduction == "sum" || reduction == "none", op,
-            "reduction must be 'mean', 'sum' or 'none', got '", reduction, "'");
-}
-
-// Dense int32 class ids: equal labels get equal ids, whatever the labels' integer dtype.
-at::Tensor label_ids(const at::Tensor& labels) {
-  return std::get<1>(at::_unique(labels, /*sorted=*/true, /*return_inverse=*/true))
-      .to(at::kInt)
-      .contiguous();
-}
 
 // ---- pairs = "all" -------------------------------------------------------------------------
 
@@ -245,9 +224,9 @@ at::Tensor loss_weights(const at::Tensor& upstream, int64_t n, const std::string
 
 at::Tensor amc_loss_fwd_cpu(const at::Tensor& features, const at::Tensor& labels, double margin,
                             const std::string& pairs, const std::string& reduction) {
-  check_inputs(kFwd, features, labels, pairs, reduction);
+  amc_loss_check_inputs(kFwd, features, labels, pairs, reduction);
   const at::Tensor unit = unit_rows(features).unit;
-  const at::Tensor ids = label_ids(labels);
+  const at::Tensor ids = amc_loss_label_ids(labels);
   at::Tensor result;
   AMC_DISPATCH_FLOATING(features.scalar_type(), kFwd, [&] {
     using acc_t = acc_type<scalar_t>;
@@ -267,7 +246,7 @@ at::Tensor amc_loss_bwd_cpu(const at::Tensor& grad, const at::Tensor& features,
                             const at::Tensor& labels, double margin, const std::string& pairs,
                             const std::string& reduction, bool clamp_grad_at_bounds,
                             const c10::List<bool>& output_mask) {
-  check_inputs(kBwd, features, labels, pairs, reduction);
+  amc_loss_check_inputs(kBwd, features, labels, pairs, reduction);
   const auto [want_features] = checked_output_mask<1>(output_mask, kBwd, "features");
   const int64_t n = features.size(0);
   const int64_t expected = reduction != "none" ? 1 : (pairs == "all" ? n : pair_count(n, pairs));
@@ -279,7 +258,7 @@ at::Tensor amc_loss_bwd_cpu(const at::Tensor& grad, const at::Tensor& features,
     return at::empty({0}, features.options());
   }
   const UnitRows rows = unit_rows(features);
-  const at::Tensor ids = label_ids(labels);
+  const at::Tensor ids = amc_loss_label_ids(labels);
   const at::Tensor upstream = grad.to(rows.unit.scalar_type()).reshape(-1).contiguous();
   const at::Tensor weights = loss_weights(upstream, n, pairs, reduction);
   at::Tensor unit_grad;

@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "amc_kernels/checks.h"
+#include "amc_kernels/checks_angular_distance.h"
 #include "amc_kernels/dispatch.h"
 #include "amc_kernels/math.h"
 #include "tile_utils_cpu.h"
@@ -45,18 +46,6 @@ constexpr const char* kFwd = "angular_distance_fwd";
 constexpr const char* kBwd = "angular_distance_bwd";
 constexpr int64_t kRowTile = 128;
 constexpr int64_t kColTile = 512;
-
-void check_inputs(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& y) {
-  AMC_CHECK_DIM(x, 2, op, "x");
-  AMC_CHECK_FLOATING(x, op, "x");
-  if (y.has_value()) {
-    AMC_CHECK_DIM(*y, 2, op, "y");
-    AMC_CHECK(y->scalar_type() == x.scalar_type(), op, "y must have x's dtype ",
-              x.scalar_type(), ", got ", y->scalar_type());
-    AMC_CHECK(y->size(1) == x.size(1), op, "y must have x's feature size ", x.size(1), ", got ",
-              y->size(1));
-  }
-}
 
 template <typename scalar_t, typename acc_t>
 void cast_row(const acc_t* values, scalar_t* out, int64_t n) {
@@ -253,7 +242,7 @@ std::tuple<at::Tensor, at::Tensor> angular_backward_tiles(const at::Tensor& grad
 }
 
 at::Tensor angular_distance_fwd_cpu(const at::Tensor& x, const std::optional<at::Tensor>& y) {
-  check_inputs(kFwd, x, y);
+  angular_distance_check_inputs(kFwd, x, y);
   const at::Tensor x_unit = unit_rows(x).unit;
   const at::Tensor y_unit = y.has_value() ? unit_rows(*y).unit : x_unit;
   at::Tensor out = at::empty({x.size(0), y_unit.size(0)}, x.options());
@@ -272,7 +261,7 @@ std::tuple<at::Tensor, at::Tensor> angular_distance_bwd_cpu(const at::Tensor& gr
                                                             const std::optional<at::Tensor>& y,
                                                             bool clamp_grad_at_bounds,
                                                             const c10::List<bool>& output_mask) {
-  check_inputs(kBwd, x, y);
+  angular_distance_check_inputs(kBwd, x, y);
   const auto [want_x, want_y_flag] = checked_output_mask<2>(output_mask, kBwd, "x, y");
   const int64_t cols = y.has_value() ? y->size(0) : x.size(0);
   AMC_CHECK_DIM(grad, 2, kBwd, "grad");

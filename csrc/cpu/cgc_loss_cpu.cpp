@@ -39,6 +39,7 @@
 #include <vector>
 
 #include "amc_kernels/checks.h"
+#include "amc_kernels/checks_cgc_loss.h"
 #include "amc_kernels/dispatch.h"
 #include "amc_kernels/math.h"
 
@@ -475,26 +476,6 @@ void pull_back(const CgcProblem<acc_t>& p, const Statistics<acc_t>& s, const Coe
 
 // ---- entry points ----------------------------------------------------------------------------
 
-void check_inputs(const char* op, const at::Tensor& cam_orig, const at::Tensor& cam_aug,
-                  const at::Tensor& crops, const at::Tensor& flips, double temperature,
-                  int64_t size) {
-  AMC_CHECK_DIM(cam_orig, 3, op, "cam_orig");
-  AMC_CHECK_FLOATING(cam_orig, op, "cam_orig");
-  AMC_CHECK(cam_aug.sizes() == cam_orig.sizes(), op, "cam_aug must have the shape of cam_orig, ",
-            cam_orig.sizes(), ", got ", cam_aug.sizes());
-  AMC_CHECK(cam_aug.scalar_type() == cam_orig.scalar_type(), op,
-            "cam_aug must have the dtype of cam_orig");
-  AMC_CHECK(cam_orig.size(1) >= 1 && cam_orig.size(2) >= 1, op,
-            "the maps need at least one pixel, got shape ", cam_orig.sizes());
-  AMC_CHECK(crops.dim() == 2 && crops.size(0) == cam_orig.size(0) && crops.size(1) == 4, op,
-            "crops must be [B, 4] (i, j, height, width), got shape ", crops.sizes());
-  AMC_CHECK(!at::isFloatingType(crops.scalar_type()), op, "crops must be an integer tensor");
-  AMC_CHECK(flips.dim() == 1 && flips.size(0) == cam_orig.size(0), op,
-            "flips must be [B], got shape ", flips.sizes());
-  AMC_CHECK(temperature > 0, op, "temperature must be positive, got ", temperature);
-  AMC_CHECK(size >= 1, op, "size must be positive, got ", size);
-}
-
 at::ScalarType accumulation_dtype(const at::Tensor& maps) {
   return maps.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
@@ -502,7 +483,7 @@ at::ScalarType accumulation_dtype(const at::Tensor& maps) {
 at::Tensor cgc_loss_fwd_cpu(const at::Tensor& cam_orig, const at::Tensor& cam_aug,
                             const at::Tensor& crops, const at::Tensor& flips, double temperature,
                             int64_t size) {
-  check_inputs(kFwd, cam_orig, cam_aug, crops, flips, temperature, size);
+  cgc_loss_check_inputs(kFwd, cam_orig, cam_aug, crops, flips, temperature, size);
   const auto acc_dtype = accumulation_dtype(cam_orig);
   const int64_t batch = cam_orig.size(0);
   if (batch == 0) {
@@ -529,7 +510,7 @@ std::tuple<at::Tensor, at::Tensor> cgc_loss_bwd_cpu(const at::Tensor& grad,
                                                     const at::Tensor& flips, double temperature,
                                                     int64_t size,
                                                     const c10::List<bool>& output_mask) {
-  check_inputs(kBwd, cam_orig, cam_aug, crops, flips, temperature, size);
+  cgc_loss_check_inputs(kBwd, cam_orig, cam_aug, crops, flips, temperature, size);
   const auto [want_orig, want_aug] =
       checked_output_mask<2>(output_mask, kBwd, "cam_orig, cam_aug");
   AMC_CHECK(grad.numel() == 1, kBwd, "grad must hold one value (the loss is a scalar), got shape ",

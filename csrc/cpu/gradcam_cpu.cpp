@@ -31,6 +31,7 @@
 #include <vector>
 
 #include "amc_kernels/checks.h"
+#include "amc_kernels/checks_gradcam.h"
 #include "amc_kernels/dispatch.h"
 #include "amc_kernels/math.h"
 #include "map_utils_cpu.h"
@@ -41,67 +42,9 @@ namespace {
 constexpr const char* kOp = "gradcam";
 constexpr const char* kBwd = "gradcam_bwd";
 
-enum class Weighting { kMean, kElementwise };
-enum class Normalization { kNone, kMax, kMinMax, kSum };
-
-Weighting parse_weighting(const std::string& weighting) {
-  AMC_CHECK(weighting == "mean" || weighting == "elementwise", kOp,
-            "weighting must be \"mean\" or \"elementwise\", got \"", weighting, "\"");
-  return weighting == "mean" ? Weighting::kMean : Weighting::kElementwise;
-}
-
-Normalization parse_normalization(const std::string& normalize) {
-  if (normalize == "none") {
-    return Normalization::kNone;
-  }
-  if (normalize == "max") {
-    return Normalization::kMax;
-  }
-  if (normalize == "minmax") {
-    return Normalization::kMinMax;
-  }
-  AMC_CHECK(normalize == "sum", kOp,
-            "normalize must be \"none\", \"max\", \"minmax\" or \"sum\", got \"", normalize, "\"");
-  return Normalization::kSum;
-}
-
-struct MapShape {
-  int64_t maps;
-  int64_t channels;
-  int64_t height;
-  int64_t width;
-  int64_t out_height;
-  int64_t out_width;
-
-  int64_t plane() const { return height * width; }
-  int64_t out_plane() const { return out_height * out_width; }
-  bool resized() const { return out_height != height || out_width != width; }
-};
-
-MapShape map_shape(const at::Tensor& activations, const at::Tensor& gradients,
-                   at::IntArrayRef output_size) {
-  AMC_CHECK_DIM(activations, 4, kOp, "activations");
-  AMC_CHECK_FLOATING(activations, kOp, "activations");
-  AMC_CHECK(gradients.sizes() == activations.sizes(), kOp,
-            "gradients must have the shape of activations ", activations.sizes(), ", got ",
-            gradients.sizes());
-  AMC_CHECK(gradients.scalar_type() == activations.scalar_type(), kOp,
-            "gradients must have the dtype of activations (", activations.scalar_type(),
-            "), got ", gradients.scalar_type());
-  AMC_CHECK(output_size.empty() || output_size.size() == 2, kOp,
-            "output_size must be [] or [H', W'], got ", output_size);
-  MapShape shape{activations.size(0), activations.size(1), activations.size(2),
-                 activations.size(3), activations.size(2), activations.size(3)};
-  if (!output_size.empty()) {
-    AMC_CHECK(output_size[0] > 0 && output_size[1] > 0, kOp,
-              "output_size must be positive, got ", output_size);
-    shape.out_height = output_size[0];
-    shape.out_width = output_size[1];
-    AMC_CHECK(!shape.resized() || shape.plane() > 0, kOp,
-              "cannot resize empty maps of size ", shape.height, "x", shape.width);
-  }
-  return shape;
-}
+using gradcam::MapShape;
+using gradcam::Normalization;
+using gradcam::Weighting;
 
 // ---- normalisation of one map, forward and backward ----------------------------------------
 
@@ -347,9 +290,9 @@ at::ScalarType acc_dtype(const at::Tensor& t) {
 std::tuple<at::Tensor, at::Tensor, at::Tensor> gradcam_fwd_cpu(
     const at::Tensor& activations, const at::Tensor& gradients, const std::string& weighting,
     bool relu, const std::string& normalize, at::IntArrayRef output_size) {
-  const MapShape shape = map_shape(activations, gradients, output_size);
-  const Weighting mode = parse_weighting(weighting);
-  const Normalization norm = parse_normalization(normalize);
+  const MapShape shape = gradcam::map_shape(kOp, activations, gradients, output_size);
+  const Weighting mode = gradcam::parse_weighting(kOp, weighting);
+  const Normalization norm = gradcam::parse_normalization(kOp, normalize);
   const at::Tensor a = activations.contiguous();
   const at::Tensor g = gradients.contiguous();
   const auto acc_options = a.options().dtype(acc_dtype(a));
@@ -389,11 +332,11 @@ std::tuple<at::Tensor, at::Tensor> gradcam_bwd_cpu(
     const at::Tensor& raw, const at::Tensor& alpha, const std::string& weighting, bool relu,
     const std::string& normalize, at::IntArrayRef output_size,
     const c10::List<bool>& output_mask) {
-  const MapShape shape = map_shape(activations, gradients, output_size);
+  const MapShape shape = gradcam::map_shape(kOp, activations, gradients, output_size);
   const auto [want_a, want_g] =
       checked_output_mask<2>(output_mask, kBwd, "activations, gradients");
-  const Weighting mode = parse_weighting(weighting);
-  const Normalization norm = parse_normalization(normalize);
+  const Weighting mode = gradcam::parse_weighting(kOp, weighting);
+  const Normalization norm = gradcam::parse_normalization(kOp, normalize);
   AMC_CHECK(grad.dim() == 3 && grad.size(0) == shape.maps && grad.size(1) == shape.out_height &&
                 grad.size(2) == shape.out_width,
             kOp, "grad must have the output's shape [", shape.maps, ", ", shape.out_height, ", ",

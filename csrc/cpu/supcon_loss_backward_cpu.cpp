@@ -26,6 +26,7 @@
 #include <limits>
 
 #include "amc_kernels/checks.h"
+#include "amc_kernels/checks_supcon_loss.h"
 #include "amc_kernels/dispatch.h"
 #include "amc_kernels/math.h"
 #include "supcon_loss_cpu.h"
@@ -171,18 +172,6 @@ void subtract_positive_grad(const Problem& p, const at::Tensor& coef, at::Tensor
 
 // ---- entry points --------------------------------------------------------------------------
 
-// w_a: the upstream gradient of each anchor's loss, [A].
-at::Tensor anchor_weights(const at::Tensor& grad, int64_t anchors, const std::string& reduction,
-                          at::ScalarType dtype) {
-  const at::Tensor g = grad.to(dtype);
-  if (reduction == "none") {
-    return g.contiguous();
-  }
-  const double divisor =
-      reduction == "mean" ? static_cast<double>(std::max<int64_t>(anchors, 1)) : 1.0;
-  return (g / divisor).expand({anchors}).contiguous();
-}
-
 }  // namespace
 
 std::tuple<at::Tensor, at::Tensor> supcon_loss_bwd_cpu(
@@ -190,8 +179,8 @@ std::tuple<at::Tensor, at::Tensor> supcon_loss_bwd_cpu(
     const std::optional<at::Tensor>& negatives, const at::Tensor& lse, double temperature,
     double base_temperature, std::string contrast_mode, bool normalize, std::string reduction,
     const c10::List<bool>& output_mask) {
-  check_inputs(kBwd, features, labels, negatives, temperature, base_temperature, contrast_mode,
-               reduction);
+  supcon_check_inputs(kBwd, features, labels, negatives, temperature, base_temperature, contrast_mode,
+                      reduction);
   const auto [want_features, want_negatives] =
       checked_output_mask<2>(output_mask, kBwd, "features, negatives");
   const WantedRows wanted{want_features, want_negatives && negatives.has_value()};
@@ -209,7 +198,7 @@ std::tuple<at::Tensor, at::Tensor> supcon_loss_bwd_cpu(
   }
   const at::Tensor with_positives = p.positives > 0;
   const at::Tensor coef = at::where(
-      with_positives, anchor_weights(grad, p.anchors, reduction, dtype) * (p.scale / temperature),
+      with_positives, supcon_anchor_weights(grad, p.anchors, reduction, dtype) * (p.scale / temperature),
       at::zeros_like(lse));
   const at::Tensor shift =
       at::where(coef != 0, lse, at::full_like(lse, std::numeric_limits<double>::infinity()));

@@ -48,6 +48,7 @@
 #include <limits>
 
 #include "amc_kernels/checks.h"
+#include "amc_kernels/checks_supcon_loss.h"
 #include "amc_kernels/dispatch.h"
 #include "amc_kernels/math.h"
 
@@ -75,40 +76,6 @@ std::tuple<at::Tensor, int64_t> sample_classes(const std::optional<at::Tensor>& 
 }
 
 }  // namespace
-
-// ---- inputs --------------------------------------------------------------------------------
-
-void check_inputs(const char* op, const at::Tensor& features,
-                  const std::optional<at::Tensor>& labels,
-                  const std::optional<at::Tensor>& negatives, double temperature,
-                  double base_temperature, const std::string& contrast_mode,
-                  const std::string& reduction) {
-  AMC_CHECK_DIM(features, 3, op, "features");
-  AMC_CHECK_FLOATING(features, op, "features");
-  if (labels.has_value()) {
-    AMC_CHECK_DIM(*labels, 1, op, "labels");
-    AMC_CHECK(at::isIntegralType(labels->scalar_type(), /*includeBool=*/false), op,
-              "labels must be an integer tensor, got ", labels->scalar_type());
-    AMC_CHECK(labels->size(0) == features.size(0), op, "labels must have one entry per sample (",
-              features.size(0), "), got ", labels->size(0));
-  }
-  if (negatives.has_value()) {
-    AMC_CHECK_DIM(*negatives, 2, op, "negatives");
-    AMC_CHECK(negatives->scalar_type() == features.scalar_type(), op,
-              "negatives must have the dtype of features (", features.scalar_type(), "), got ",
-              negatives->scalar_type());
-    AMC_CHECK(negatives->size(1) == features.size(2), op,
-              "negatives must have the feature size of features (", features.size(2), "), got ",
-              negatives->size(1));
-  }
-  AMC_CHECK(temperature > 0 && base_temperature > 0, op,
-            "temperature and base_temperature must be > 0, got ", temperature, " and ",
-            base_temperature);
-  AMC_CHECK(contrast_mode == "all" || contrast_mode == "one", op,
-            "contrast_mode must be 'all' or 'one', got '", contrast_mode, "'");
-  AMC_CHECK(reduction == "mean" || reduction == "sum" || reduction == "none", op,
-            "reduction must be 'mean', 'sum' or 'none', got '", reduction, "'");
-}
 
 // ---- the problem ---------------------------------------------------------------------------
 
@@ -345,8 +312,8 @@ std::tuple<at::Tensor, at::Tensor> supcon_loss_fwd_cpu(
     const at::Tensor& features, const std::optional<at::Tensor>& labels,
     const std::optional<at::Tensor>& negatives, double temperature, double base_temperature,
     std::string contrast_mode, bool normalize, std::string reduction) {
-  check_inputs(kFwd, features, labels, negatives, temperature, base_temperature, contrast_mode,
-               reduction);
+  supcon_check_inputs(kFwd, features, labels, negatives, temperature, base_temperature, contrast_mode,
+                      reduction);
   const Problem p = make_problem(features, labels, negatives, temperature, base_temperature,
                                  contrast_mode, normalize);
   at::Tensor lse;

@@ -22,12 +22,7 @@ namespace amc_kernels::cpu::supcon {
 
 // ---- inputs --------------------------------------------------------------------------------
 
-// The checks of both ops, messages prefixed with `op`.
-void check_inputs(const char* op, const at::Tensor& features,
-                  const std::optional<at::Tensor>& labels,
-                  const std::optional<at::Tensor>& negatives, double temperature,
-                  double base_temperature, const std::string& contrast_mode,
-                  const std::string& reduction);
+// The checks of both ops: supcon_check_inputs (amc_kernels/checks_supcon_loss.h).
 
 // ---- the problem ---------------------------------------------------------------------------
 

@@ -23,6 +23,7 @@
 #include <string>
 
 #include "amc_kernels/checks.h"
+#include "amc_kernels/checks_amc_loss.h"
 #include "amc_kernels/dispatch.h"
 #include "amc_kernels/math.h"
 #include "tiles.cuh"
@@ -32,30 +33,6 @@ namespace {
 
 constexpr const char* kFwd = "amc_loss_fwd";
 constexpr const char* kBwd = "amc_loss_bwd";
-
-void check_inputs(const char* op, const at::Tensor& features, const at::Tensor& labels,
-                  const std::string& pairs, const std::string& reduction) {
-  AMC_CHECK_DIM(features, 2, op, "features");
-  AMC_CHECK_FLOATING(features, op, "features");
-  AMC_CHECK_DIM(labels, 1, op, "labels");
-  AMC_CHECK(at::isIntegralType(labels.scalar_type(), /*includeBool=*/false), op,
-            "labels must be an integer tensor, got ", labels.scalar_type());
-  AMC_CHECK(labels.size(0) == features.size(0), op, "labels must have one entry per row (",
-            features.size(0), "), got ", labels.size(0));
-  AMC_CHECK(labels.device() == features.device(), op, "labels must be on the device of features (",
-            features.device(), "), got ", labels.device());
-  AMC_CHECK(pairs == "all" || pairs == "halves", op, "pairs must be 'all' or 'halves', got '",
-            pairs, "'");
-  AMC_CHECK(reduction == "mean" || reduction == "sum" || reduction == "none", op,
-            "reduction must be 'mean', 'sum' or 'none', got '", reduction, "'");
-}
-
-// Dense int32 class ids: equal labels get equal ids, whatever the labels' integer dtype.
-at::Tensor label_ids(const at::Tensor& labels) {
-  return std::get<1>(at::_unique(labels, /*sorted=*/true, /*return_inverse=*/true))
-      .to(at::kInt)
-      .contiguous();
-}
 
 int64_t pair_count(int64_t n, const std::string& pairs) {
   return pairs == "all" ? n * (n - 1) / 2 : n / 2;
@@ -335,7 +312,7 @@ OperandRows operand_of(const at::Tensor& features, cudaStream_t stream) {
 
 at::Tensor amc_loss_fwd_cuda(const at::Tensor& features, const at::Tensor& labels, double margin,
                              const std::string& pairs, const std::string& reduction) {
-  check_inputs(kFwd, features, labels, pairs, reduction);
+  amc_loss_check_inputs(kFwd, features, labels, pairs, reduction, /*same_device=*/true);
   const c10::cuda::CUDAGuard guard(features.device());
   const int64_t n = features.size(0);
   const auto acc = features.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
@@ -346,7 +323,7 @@ at::Tensor amc_loss_fwd_cuda(const at::Tensor& features, const at::Tensor& label
   }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const bool allow_tf32 = at::globalContext().allowTF32CuBLAS();
-  const at::Tensor ids = label_ids(labels);
+  const at::Tensor ids = amc_loss_label_ids(labels);
   at::Tensor result;
   AMC_DISPATCH_FLOATING(features.scalar_type(), kFwd, [&] {
     const OperandRows rows = operand_of<scalar_t>(features, stream);
@@ -361,7 +338,7 @@ at::Tensor amc_loss_bwd_cuda(const at::Tensor& grad, const at::Tensor& features,
                              const at::Tensor& labels, double margin, const std::string& pairs,
                              const std::string& reduction, bool clamp_grad_at_bounds,
                              const c10::List<bool>& output_mask) {
-  check_inputs(kBwd, features, labels, pairs, reduction);
+  amc_loss_check_inputs(kBwd, features, labels, pairs, reduction, /*same_device=*/true);
   const auto [want_features] = checked_output_mask<1>(output_mask, kBwd, "features");
   const int64_t n = features.size(0);
   const int64_t expected = reduction != "none" ? 1 : (pairs == "all" ? n : pair_count(n, pairs));
@@ -379,7 +356,7 @@ at::Tensor amc_loss_bwd_cuda(const at::Tensor& grad, const at::Tensor& features,
   }
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const bool allow_tf32 = at::globalContext().allowTF32CuBLAS();
-  const at::Tensor ids = label_ids(labels);
+  const at::Tensor ids = amc_loss_label_ids(labels);
   const auto acc = features.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const at::Tensor weights =
       loss_weights(grad.to(acc).reshape(-1).contiguous(), n, pairs, reduction);

@@ -24,6 +24,7 @@
 #include <tuple>
 
 #include "amc_kernels/checks.h"
+#include "amc_kernels/checks_angular_distance.h"
 #include "amc_kernels/dispatch.h"
 #include "amc_kernels/math.h"
 #include "tiles.cuh"
@@ -33,20 +34,6 @@ namespace {
 
 constexpr const char* kFwd = "angular_distance_fwd";
 constexpr const char* kBwd = "angular_distance_bwd";
-
-void check_inputs(const char* op, const at::Tensor& x, const std::optional<at::Tensor>& y) {
-  AMC_CHECK_DIM(x, 2, op, "x");
-  AMC_CHECK_FLOATING(x, op, "x");
-  if (y.has_value()) {
-    AMC_CHECK_DIM(*y, 2, op, "y");
-    AMC_CHECK(y->scalar_type() == x.scalar_type(), op, "y must have x's dtype ",
-              x.scalar_type(), ", got ", y->scalar_type());
-    AMC_CHECK(y->size(1) == x.size(1), op, "y must have x's feature size ", x.size(1), ", got ",
-              y->size(1));
-    AMC_CHECK(y->device() == x.device(), op, "y must be on x's device ", x.device(), ", got ",
-              y->device());
-  }
-}
 
 // The operand rows of a [rows, D] matrix (normalised).
 template <typename scalar_t>
@@ -212,7 +199,7 @@ void angular_backward(const at::Tensor& grad, const OperandRows& owners,
 }
 
 at::Tensor angular_distance_fwd_cuda(const at::Tensor& x, const std::optional<at::Tensor>& y) {
-  check_inputs(kFwd, x, y);
+  angular_distance_check_inputs(kFwd, x, y, /*same_device=*/true);
   const c10::cuda::CUDAGuard guard(x.device());
   const int64_t cols = y.has_value() ? y->size(0) : x.size(0);
   at::Tensor out = at::empty({x.size(0), cols}, x.options());
@@ -238,7 +225,7 @@ std::tuple<at::Tensor, at::Tensor> angular_distance_bwd_cuda(const at::Tensor& g
                                                              const std::optional<at::Tensor>& y,
                                                              bool clamp_grad_at_bounds,
                                                              const c10::List<bool>& output_mask) {
-  check_inputs(kBwd, x, y);
+  angular_distance_check_inputs(kBwd, x, y, /*same_device=*/true);
   // Plain bools: the dispatch lambda captures them (no structured bindings in C++17 lambdas).
   const std::array<bool, 2> mask = checked_output_mask<2>(output_mask, kBwd, "x, y");
   const bool want_x = mask[0];

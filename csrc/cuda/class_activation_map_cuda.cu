@@ -18,6 +18,7 @@
 #include <tuple>
 
 #include "amc_kernels/checks.h"
+#include "amc_kernels/checks_class_activation_map.h"
 #include "amc_kernels/dispatch.h"
 #include "maps.cuh"
 
@@ -27,42 +28,13 @@ namespace {
 constexpr const char* kOp = "class_activation_map";
 constexpr const char* kBwd = "class_activation_map_bwd";
 
-struct CamShape {
-  int64_t maps;
-  int64_t channels;
-  int64_t plane;
-  int64_t classes;
-};
-
-CamShape checked_shape(const at::Tensor& activations, const at::Tensor& fc_weight,
-                       const at::Tensor& targets) {
-  AMC_CHECK_DIM(activations, 4, kOp, "activations");
-  AMC_CHECK_FLOATING(activations, kOp, "activations");
-  AMC_CHECK_DIM(fc_weight, 2, kOp, "fc_weight");
-  AMC_CHECK(fc_weight.scalar_type() == activations.scalar_type(), kOp,
-            "fc_weight must have the dtype of activations (", activations.scalar_type(), "), got ",
-            fc_weight.scalar_type());
-  AMC_CHECK(fc_weight.size(1) == activations.size(1), kOp, "fc_weight must be [C, ",
-            activations.size(1), "] for activations with ", activations.size(1),
-            " channels, got ", fc_weight.sizes());
-  AMC_CHECK(targets.dim() == 1 && targets.size(0) == activations.size(0), kOp,
-            "targets must be [", activations.size(0), "], one per map, got ", targets.sizes());
-  AMC_CHECK(!at::isFloatingType(targets.scalar_type()) && targets.scalar_type() != at::kBool,
-            kOp, "targets must be an integer tensor, got ", targets.scalar_type());
-  AMC_CHECK(fc_weight.device() == activations.device() && targets.device() == activations.device(),
-            kOp, "fc_weight and targets must be on the device of activations (",
-            activations.device(), ")");
-  return {activations.size(0), activations.size(1), activations.size(2) * activations.size(3),
-          fc_weight.size(0)};
-}
-
 at::ScalarType acc_dtype(const at::Tensor& t) {
   return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
 }
 
 at::Tensor class_activation_map_fwd_cuda(const at::Tensor& activations,
                                           const at::Tensor& fc_weight, const at::Tensor& targets) {
-  const CamShape shape = checked_shape(activations, fc_weight, targets);
+  const CamShape shape = cam_checked_shape(kOp, activations, fc_weight, targets, /*same_device=*/true);
   const c10::cuda::CUDAGuard guard(activations.device());
   const at::Tensor a = activations.contiguous();
   const at::Tensor w = fc_weight.contiguous();
@@ -120,7 +92,7 @@ __global__ void scatter_rows_kernel(const acc_t* __restrict__ dw, const int64_t*
 std::tuple<at::Tensor, at::Tensor> class_activation_map_bwd_cuda(
     const at::Tensor& grad, const at::Tensor& activations, const at::Tensor& fc_weight,
     const at::Tensor& targets, const c10::List<bool>& output_mask) {
-  const CamShape shape = checked_shape(activations, fc_weight, targets);
+  const CamShape shape = cam_checked_shape(kOp, activations, fc_weight, targets, /*same_device=*/true);
   const auto [want_a, want_w] =
       checked_output_mask<2>(output_mask, kBwd, "activations, fc_weight");
   AMC_CHECK(grad.dim() == 3 && grad.size(0) == shape.maps &&

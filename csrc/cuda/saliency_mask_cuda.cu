@@ -28,6 +28,7 @@
 #include <type_traits>
 
 #include "amc_kernels/checks.h"
+#include "amc_kernels/checks_saliency_mask.h"
 #include "amc_kernels/dispatch.h"
 #include "amc_kernels/math.h"
 #include "maps.cuh"
@@ -316,17 +317,7 @@ std::tuple<at::Tensor, at::Tensor> saliency_mask_fwd_cuda(const at::Tensor& imag
                                                           const at::Tensor& saliency,
                                                           double threshold, double top_fraction,
                                                           double fill) {
-  AMC_CHECK_DIM(images, 4, kOp, "images");
-  AMC_CHECK_FLOATING(images, kOp, "images");
-  AMC_CHECK_DIM(saliency, 3, kOp, "saliency");
-  AMC_CHECK_FLOATING(saliency, kOp, "saliency");
-  AMC_CHECK(saliency.size(0) == images.size(0), kOp, "saliency must have one map per image (",
-            images.size(0), "), got ", saliency.size(0));
-  AMC_CHECK(saliency.device() == images.device(), kOp,
-            "saliency must be on the device of images (", images.device(), "), got ",
-            saliency.device());
-  AMC_CHECK(top_fraction <= 1.0, kOp, "top_fraction must be in [0, 1] (or negative for the ",
-            "threshold rule), got ", top_fraction);
+  saliency_mask_check_inputs(kOp, images, saliency, top_fraction, /*same_device=*/true);
   const c10::cuda::CUDAGuard guard(images.device());
   const at::Tensor image_data = images.contiguous();
   const at::Tensor saliency_data = saliency.contiguous();

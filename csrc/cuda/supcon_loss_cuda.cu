@@ -36,6 +36,7 @@
 #include <tuple>
 
 #include "amc_kernels/checks.h"
+#include "amc_kernels/checks_supcon_loss.h"
 #include "amc_kernels/dispatch.h"
 #include "amc_kernels/math.h"
 #include "tiles.cuh"
@@ -45,44 +46,6 @@ namespace {
 
 constexpr const char* kFwd = "supcon_loss_fwd";
 constexpr const char* kBwd = "supcon_loss_bwd";
-
-void check_inputs(const char* op, const at::Tensor& features,
-                  const std::optional<at::Tensor>& labels,
-                  const std::optional<at::Tensor>& negatives, double temperature,
-                  double base_temperature, const std::string& contrast_mode,
-                  const std::string& reduction) {
-  AMC_CHECK_DIM(features, 3, op, "features");
-  AMC_CHECK_FLOATING(features, op, "features");
-  if (labels.has_value()) {
-    AMC_CHECK_DIM(*labels, 1, op, "labels");
-    AMC_CHECK(at::isIntegralType(labels->scalar_type(), /*includeBool=*/false), op,
-              "labels must be an integer tensor, got ", labels->scalar_type());
-    AMC_CHECK(labels->size(0) == features.size(0), op, "labels must have one entry per sample (",
-              features.size(0), "), got ", labels->size(0));
-    AMC_CHECK(labels->device() == features.device(), op,
-              "labels must be on the device of features (", features.device(), "), got ",
-              labels->device());
-  }
-  if (negatives.has_value()) {
-    AMC_CHECK_DIM(*negatives, 2, op, "negatives");
-    AMC_CHECK(negatives->scalar_type() == features.scalar_type(), op,
-              "negatives must have the dtype of features (", features.scalar_type(), "), got ",
-              negatives->scalar_type());
-    AMC_CHECK(negatives->size(1) == features.size(2), op,
-              "negatives must have the feature size of features (", features.size(2), "), got ",
-              negatives->size(1));
-    AMC_CHECK(negatives->device() == features.device(), op,
-              "negatives must be on the device of features (", features.device(), "), got ",
-              negatives->device());
-  }
-  AMC_CHECK(temperature > 0 && base_temperature > 0, op,
-            "temperature and base_temperature must be > 0, got ", temperature, " and ",
-            base_temperature);
-  AMC_CHECK(contrast_mode == "all" || contrast_mode == "one", op,
-            "contrast_mode must be 'all' or 'one', got '", contrast_mode, "'");
-  AMC_CHECK(reduction == "mean" || reduction == "sum" || reduction == "none", op,
-            "reduction must be 'mean', 'sum' or 'none', got '", reduction, "'");
-}
 
 // ---- the problem ---------------------------------------------------------------------------
 
@@ -333,18 +296,6 @@ struct SupconGradEpilogue {
   }
 };
 
-// w_a: the upstream gradient of each anchor's loss, [A].
-at::Tensor anchor_weights(const at::Tensor& grad, int64_t anchors, const std::string& reduction,
-                          at::ScalarType dtype) {
-  const at::Tensor g = grad.to(dtype);
-  if (reduction == "none") {
-    return g.contiguous();
-  }
-  const double divisor =
-      reduction == "mean" ? static_cast<double>(std::max<int64_t>(anchors, 1)) : 1.0;
-  return (g / divisor).expand({anchors}).contiguous();
-}
-
 // The softmax and positive parts of dL/dz for rows [first, last), as splits partials
 // [splits, last − first, D]; returns the partial and its number of splits.
 template <typename scalar_t>
@@ -380,8 +331,8 @@ std::tuple<at::Tensor, at::Tensor> supcon_loss_fwd_cuda(
     const at::Tensor& features, const std::optional<at::Tensor>& labels,
     const std::optional<at::Tensor>& negatives, double temperature, double base_temperature,
     std::string contrast_mode, bool normalize, std::string reduction) {
-  check_inputs(kFwd, features, labels, negatives, temperature, base_temperature, contrast_mode,
-               reduction);
+  supcon_check_inputs(kFwd, features, labels, negatives, temperature, base_temperature, contrast_mode,
+                      reduction, /*same_device=*/true);
   const c10::cuda::CUDAGuard guard(features.device());
   const auto acc = features.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
   const auto options = features.options().dtype(acc);
@@ -416,8 +367,8 @@ std::tuple<at::Tensor, at::Tensor> supcon_loss_bwd_cuda(
     const std::optional<at::Tensor>& negatives, const at::Tensor& lse, double temperature,
     double base_temperature, std::string contrast_mode, bool normalize, std::string reduction,
     const c10::List<bool>& output_mask) {
-  check_inputs(kBwd, features, labels, negatives, temperature, base_temperature, contrast_mode,
-               reduction);
+  supcon_check_inputs(kBwd, features, labels, negatives, temperature, base_temperature, contrast_mode,
+                      reduction, /*same_device=*/true);
   // Plain bools: the dispatch lambda captures them (no structured bindings in C++17 lambdas).
   const std::array<bool, 2> mask =
       checked_output_mask<2>(output_mask, kBwd, "features, negatives");
@@ -451,7 +402,7 @@ std::tuple<at::Tensor, at::Tensor> supcon_loss_bwd_cuda(
   const at::Tensor with_positives = p.positives > 0;
   const at::Tensor coef =
       at::where(with_positives,
-                anchor_weights(grad, p.anchors, reduction, dtype) * (p.scale / temperature),
+                supcon_anchor_weights(grad, p.anchors, reduction, dtype) * (p.scale / temperature),
                 at::zeros_like(p.positives))
           .contiguous();
   const at::Tensor shift =

@@ -1,0 +1,39 @@
+// Argument checks and host-side helpers of cgc_loss_fwd / cgc_loss_bwd, shared by
+// csrc/cpu/cgc_loss_cpu.cpp and csrc/cuda/cgc_loss_cuda.cu.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include "amc_kernels/checks.h"
+
+namespace amc_kernels {
+
+// `same_device`: also require cam_aug, crops and flips on the device of cam_orig (CUDA).
+inline void cgc_loss_check_inputs(const char* op, const at::Tensor& cam_orig,
+                                  const at::Tensor& cam_aug, const at::Tensor& crops,
+                                  const at::Tensor& flips, double temperature, int64_t size,
+                                  bool same_device = false) {
+  AMC_CHECK_DIM(cam_orig, 3, op, "cam_orig");
+  AMC_CHECK_FLOATING(cam_orig, op, "cam_orig");
+  AMC_CHECK(cam_aug.sizes() == cam_orig.sizes(), op, "cam_aug must have the shape of cam_orig, ",
+            cam_orig.sizes(), ", got ", cam_aug.sizes());
+  AMC_CHECK(cam_aug.scalar_type() == cam_orig.scalar_type(), op,
+            "cam_aug must have the dtype of cam_orig");
+  AMC_CHECK(cam_orig.size(1) >= 1 && cam_orig.size(2) >= 1, op,
+            "the maps need at least one pixel, got shape ", cam_orig.sizes());
+  AMC_CHECK(crops.dim() == 2 && crops.size(0) == cam_orig.size(0) && crops.size(1) == 4, op,
+            "crops must be [B, 4] (i, j, height, width), got shape ", crops.sizes());
+  AMC_CHECK(!at::isFloatingType(crops.scalar_type()), op, "crops must be an integer tensor");
+  AMC_CHECK(flips.dim() == 1 && flips.size(0) == cam_orig.size(0), op,
+            "flips must be [B], got shape ", flips.sizes());
+  AMC_CHECK(temperature > 0, op, "temperature must be positive, got ", temperature);
+  AMC_CHECK(size >= 1, op, "size must be positive, got ", size);
+  if (same_device) {
+    AMC_CHECK(cam_aug.device() == cam_orig.device() && crops.device() == cam_orig.device() &&
+                  flips.device() == cam_orig.device(),
+              op, "cam_aug, crops and flips must be on the device of cam_orig (",
+              cam_orig.device(), ")");
+  }
+}
+
+}  // namespace amc_kernels

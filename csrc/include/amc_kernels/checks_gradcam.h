@@ -1,0 +1,82 @@
+// Argument parsing and checks of gradcam_fwd / gradcam_bwd, shared by csrc/cpu/gradcam_cpu.cpp
+// and csrc/cuda/gradcam_cuda.cu.
+#pragma once
+
+#include <ATen/core/Tensor.h>
+
+#include <string>
+
+#include "amc_kernels/checks.h"
+
+namespace amc_kernels::gradcam {
+
+enum class Weighting { kMean, kElementwise };
+enum class Normalization { kNone, kMax, kMinMax, kSum };
+
+inline Weighting parse_weighting(const char* op, const std::string& weighting) {
+  AMC_CHECK(weighting == "mean" || weighting == "elementwise", op,
+            "weighting must be \"mean\" or \"elementwise\", got \"", weighting, "\"");
+  return weighting == "mean" ? Weighting::kMean : Weighting::kElementwise;
+}
+
+inline Normalization parse_normalization(const char* op, const std::string& normalize) {
+  if (normalize == "none") {
+    return Normalization::kNone;
+  }
+  if (normalize == "max") {
+    return Normalization::kMax;
+  }
+  if (normalize == "minmax") {
+    return Normalization::kMinMax;
+  }
+  AMC_CHECK(normalize == "sum", op,
+            "normalize must be \"none\", \"max\", \"minmax\" or \"sum\", got \"", normalize, "\"");
+  return Normalization::kSum;
+}
+
+struct MapShape {
+  int64_t maps;
+  int64_t channels;
+  int64_t height;
+  int64_t width;
+  int64_t out_height;
+  int64_t out_width;
+
+  int64_t plane() const { return height * width; }
+  int64_t out_plane() const { return out_height * out_width; }
+  bool resized() const { return out_height != height || out_width != width; }
+};
+
+// `same_device`: also require gradients on the device of activations (the CUDA kernels).
+inline MapShape map_shape(const char* op, const at::Tensor& activations,
+                          const at::Tensor& gradients, at::IntArrayRef output_size,
+                          bool same_device = false) {
+  AMC_CHECK_DIM(activations, 4, op, "activations");
+  AMC_CHECK_FLOATING(activations, op, "activations");
+  AMC_CHECK(gradients.sizes() == activations.sizes(), op,
+            "gradients must have the shape of activations ", activations.sizes(), ", got ",
+            gradients.sizes());
+  AMC_CHECK(gradients.scalar_type() == activations.scalar_type(), op,
+            "gradients must have the dtype of activations (", activations.scalar_type(),
+            "), got ", gradients.scalar_type());
+  if (same_device) {
+    AMC_CHECK(gradients.device() == activations.device(), op,
+              "gradients must be on the device of activations (", activations.device(),
+              "), got ", gradients.device());
+  }
+  AMC_CHECK(output_size.empty() || output_size.size() == 2, op,
+            "output_size must be [] or [H', W'], got ", output_size);
+  MapShape shape{activations.size(0), activations.size(1), activations.size(2),
+                 activations.size(3), activations.size(2), activations.size(3)};
+  if (!output_size.empty()) {
+    AMC_CHECK(output_size[0] > 0 && output_size[1] > 0, op,
+              "output_size must be positive, got ", output_size);
+    shape.out_height = output_size[0];
+    shape.out_width = output_size[1];
+    AMC_CHECK(!shape.resized() || shape.plane() > 0, op,
+              "cannot resize empty maps of size ", shape.height, "x", shape.width);
+  }
+  return shape;
+}
+
+}  // namespace amc_kernels::gradcam
