@@ -12,14 +12,18 @@ Switches (docs/design.md#8-build-and-wheels):
 from __future__ import annotations
 
 import glob
+import json
 import os
 import re
+import shlex
 import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
 
 ROOT = Path(__file__).parent.resolve()
+#: ptxas's registers and spills of each kernel of a CUDA build, written next to _C.
+RESOURCE_REPORT = "_cuda_resources.json"
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
 #: benchmarks/ ships inside the package, so that `amc-kernels bench` works from a wheel.
 PACKAGE_DIR = {"amc_kernels.benchmarks": "benchmarks"}
@@ -70,6 +74,8 @@ def configure() -> dict:
         os.environ["CUDA_HOME"] = cuda_home
     want_cuda = torch.version.cuda is not None and cuda_home is not None
     with_cuda = build_cpp and not skip_cuda and (want_cuda or force_cuda)
+    if with_cuda:
+        os.environ["PYTORCH_NVCC"] = resource_reporting_nvcc(cuda_home)
     if not os.environ.get("TORCH_CUDA_ARCH_LIST"):
         os.environ["TORCH_CUDA_ARCH_LIST"] = visible_gpu_arch_list() or DEFAULT_ARCH_LIST
     os.environ.setdefault("MAX_JOBS", str(os.cpu_count() or 1))
@@ -84,6 +90,64 @@ def configure() -> dict:
         "max_jobs": os.environ["MAX_JOBS"],
         "python": sys.version.split()[0],
     }
+
+
+def resource_reporting_nvcc(cuda_home: str | None) -> str:
+    """The nvcc command for torch's ninja file: the user's PYTORCH_NVCC (or the toolkit's nvcc),
+    run through tools/nvcc_resource_usage.py, which keeps ptxas's report of each object."""
+    nvcc = os.environ.get("PYTORCH_NVCC") or shlex.quote(str(Path(cuda_home or "", "bin", "nvcc")))
+    if "nvcc_resource_usage.py" in nvcc:
+        return nvcc  # already wrapped (setup.py configured twice in one process)
+    wrapper = shlex.quote(str(ROOT / "tools" / "nvcc_resource_usage.py"))
+    return f"{shlex.quote(sys.executable)} {wrapper} {nvcc} --"
+
+
+def gather_resource_reports(build_temp: str, sources: list[str], arch_list: str) -> dict:
+    """The build's report: every kernel of every .cu source, once per arch it was built for."""
+    kernels = []
+    for source in sources:
+        if source.endswith(".cu"):
+            objects = Path(build_temp).glob(f"**/{Path(source).with_suffix('.o')}.resources.json")
+            for report in objects:
+                kernels += [{"source": source, **row} for row in json.loads(report.read_text())]
+    return {"arch_list": arch_list, "kernels": kernels}
+
+
+def build_ext_class(config: dict):
+    """torch's BuildExtension (ninja), which also writes the CUDA resource report beside _C (and
+    copies it into the source tree with _C for in-place and editable builds)."""
+    from torch.utils.cpp_extension import BuildExtension
+
+    class BuildWithResourceReport(BuildExtension.with_options(use_ninja=True)):
+        def report_path(self, ext, in_source: bool) -> Path:
+            if not in_source:
+                return Path(self.get_ext_fullpath(ext.name)).parent / RESOURCE_REPORT
+            package = ".".join(self.get_ext_fullname(ext.name).split(".")[:-1])
+            build_py = self.get_finalized_command("build_py")
+            return Path(build_py.get_package_dir(package)) / RESOURCE_REPORT
+
+        def build_extensions(self) -> None:
+            super().build_extensions()
+            for ext in self.extensions:
+                report = self.report_path(ext, in_source=False)
+                if config["with_cuda"]:
+                    gathered = gather_resource_reports(
+                        self.build_temp, ext.sources, config["arch_list"]
+                    )
+                    report.write_text(json.dumps(gathered, indent=1) + "\n")
+                else:
+                    report.unlink(missing_ok=True)
+
+        def copy_extensions_to_source(self) -> None:
+            super().copy_extensions_to_source()
+            for ext in self.extensions:
+                built, in_source = self.report_path(ext, False), self.report_path(ext, True)
+                if built.is_file():
+                    in_source.write_text(built.read_text())
+                else:
+                    in_source.unlink(missing_ok=True)
+
+    return BuildWithResourceReport
 
 
 def print_config(config: dict) -> None:
@@ -138,10 +202,8 @@ def main() -> None:
     print_config(config)
     ext_modules, cmdclass, options = [], {}, {}
     if config["build_cpp"]:
-        from torch.utils.cpp_extension import BuildExtension
-
         ext_modules = [extension(config)]
-        cmdclass = {"build_ext": BuildExtension.with_options(use_ninja=True)}
+        cmdclass = {"build_ext": build_ext_class(config)}
         options = {"bdist_wheel": {"py_limited_api": "cp310"}}
     setup(
         packages=[*find_packages(include=["amc_kernels*"]), *PACKAGE_DIR],

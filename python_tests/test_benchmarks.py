@@ -26,6 +26,7 @@ from amc_kernels.benchmarks import (
     _roofline,
     _timing,
     plot,
+    sanitizer_workload,
 )
 from amc_kernels.benchmarks._harness import Draw, Inputs, Peer, Variant
 from amc_kernels.benchmarks._measure import Case, ModeResult
@@ -287,3 +288,19 @@ def test_gpu_suite_fails_fast_without_a_gpu(tmp_path: Path) -> None:
     assert done.returncode != 0
     assert "no CUDA GPU present: gpu_suite.sh is meant for the GPU machines" in done.stderr
     assert not out.exists()
+
+
+@pytest.mark.cpp
+def test_sanitizer_workload_runs_every_variant(capsys: pytest.CaptureFixture[str]) -> None:
+    """The gpu_suite's compute-sanitizer workload, dry-run on CPU with the cpp backend."""
+    argv = ["--device", "cpu", "--backend", "cpp", "--dtypes", "float32"]
+    assert sanitizer_workload.main(argv) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == len(amc_kernels._spec.OPS)
+    assert all(" 0 failed" in line for line in lines)
+
+
+def test_sanitizer_workload_reports_failing_calls(capsys: pytest.CaptureFixture[str]) -> None:
+    argv = ["--device", "cpu", "--backend", "cuda", "--ops", "amc_loss", "--dtypes", "float32"]
+    assert sanitizer_workload.main(argv) == 1
+    assert "FAILED amc_loss/default" in capsys.readouterr().out

@@ -5,7 +5,10 @@ online log-sum-exp compiled into the extension (CPU here; CUDA on a GPU machine)
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
+import shutil
+import subprocess
 from pathlib import Path
 from types import ModuleType
 
@@ -14,7 +17,8 @@ import torch
 from torch.library import opcheck
 
 import amc_kernels
-from amc_kernels import _extension
+from amc_kernels import _dispatch, _extension
+from amc_kernels._spec import SPECS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -147,3 +151,86 @@ def test_selfcheck_rejects_bad_input() -> None:
 @pytest.mark.cpp
 def test_selfcheck_opcheck() -> None:
     opcheck(torch.ops.amc_kernels._selfcheck_row_logsumexp.default, (torch.randn(5, 33),))
+
+
+# --- the CUDA kernels of a CUDA build (compiled here, run only on a GPU machine) ---
+
+CUDA_BUILD = _extension.available() and bool(_extension.build_info()["cuda"])
+needs_cuda_build = pytest.mark.skipif(not CUDA_BUILD, reason="amc_kernels._C has no CUDA kernels")
+#: The most spill bytes (stores or loads) a kernel may have per thread (issue: CUDA kernels).
+SPILL_LIMIT_BYTES = 256
+
+
+def real_arches(arch_list: str) -> set[str]:
+    """The SASS targets of TORCH_CUDA_ARCH_LIST: "8.0;9.0+PTX" -> {"sm_80", "sm_90"}."""
+    arches = arch_list.replace(",", ";").replace(" ", ";").split(";")
+    return {"sm_" + arch.removesuffix("+PTX").replace(".", "") for arch in arches if arch}
+
+
+@pytest.fixture(scope="module")
+def resource_report() -> dict:
+    """setup.py's ptxas report (tools/nvcc_resource_usage.py): one row per kernel and arch."""
+    path = Path(amc_kernels.__file__).parent / "_cuda_resources.json"
+    assert path.is_file(), f"{path} is missing: rebuild _C with setup.py (it writes the report)"
+    return json.loads(path.read_text())
+
+
+def demangled(names: list[str]) -> list[str]:
+    """C++ names of mangled kernel names (c++filt, when it is installed)."""
+    if shutil.which("c++filt") is None:
+        return names
+    result = subprocess.run(["c++filt"], input="\n".join(names), capture_output=True, text=True)
+    lines = result.stdout.splitlines()
+    return lines if result.returncode == 0 and len(lines) == len(names) else names
+
+
+def resource_table(kernels: list[dict]) -> str:
+    rows = [f"{'regs':>4} {'spill st/ld':>11}  arch   source: kernel"]
+    ordered = sorted(kernels, key=lambda r: (r["source"], r["kernel"], r["arch"]))
+    for row, name in zip(ordered, demangled([r["kernel"] for r in ordered]), strict=True):
+        spills = f"{row['spill_stores']}/{row['spill_loads']}"
+        where = f"{Path(row['source']).name}: {name}"
+        where = where if len(where) <= 120 else where[:117] + "..."
+        rows.append(f"{row['registers']:>4} {spills:>11}  {row['arch']}  {where}")
+    return "\n".join(rows)
+
+
+@needs_cuda_build
+@pytest.mark.cuda_build
+def test_cuda_kernels_do_not_spill(
+    resource_report: dict, capsys: pytest.CaptureFixture[str]
+) -> None:
+    kernels = resource_report["kernels"]
+    with capsys.disabled():  # the report belongs in the CI log
+        print(f"\nptxas resource usage of {len(kernels)} kernel builds:\n{resource_table(kernels)}")
+    spilling = [
+        row for row in kernels if max(row["spill_stores"], row["spill_loads"]) > SPILL_LIMIT_BYTES
+    ]
+    assert not spilling, f"spills above {SPILL_LIMIT_BYTES} B:\n{resource_table(spilling)}"
+
+
+@needs_cuda_build
+@pytest.mark.cuda_build
+def test_every_cuda_source_has_its_kernels_for_every_arch(resource_report: dict) -> None:
+    arches = real_arches(resource_report["arch_list"])
+    assert arches == real_arches(_extension.build_info()["arch_list"])
+    sources = {row["source"] for row in resource_report["kernels"]}
+    in_tree = {f"csrc/cuda/{path.name}" for path in (ROOT / "csrc" / "cuda").glob("*.cu")}
+    assert in_tree <= sources, f"no kernels reported for {sorted(in_tree - sources)}"
+    for source in sorted(sources):
+        by_arch = {arch: set() for arch in arches}
+        for row in resource_report["kernels"]:
+            if row["source"] == source:
+                by_arch.setdefault(row["arch"], set()).add(row["kernel"])
+        everywhere = set.intersection(*by_arch.values())
+        for arch, kernels in by_arch.items():
+            assert kernels, f"{source}: no kernels for {arch}"
+            assert kernels == everywhere, f"{source}: {sorted(kernels - everywhere)} only on {arch}"
+
+
+@needs_cuda_build
+@pytest.mark.cuda_build
+@pytest.mark.parametrize("op", sorted(SPECS))
+def test_every_op_has_cuda_kernels(op: str) -> None:
+    for stage in ("fwd", "bwd") if SPECS[op].differentiable else ("fwd",):
+        assert _dispatch.has_kernel(f"{op}_{stage}", "CUDA"), f"{op}_{stage} has no CUDA kernel"
