@@ -25,6 +25,9 @@ ROOT = Path(__file__).parent.resolve()
 #: ptxas's registers and spills of each kernel of a CUDA build, written next to _C.
 RESOURCE_REPORT = "_cuda_resources.json"
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"
+#: torch >= 2.13's headers need C++20, and torch's helpers add -std=c++17 for older releases; the
+#: kernels are written for C++20 (lambdas capture structured bindings), so every torch gets it.
+CXX_STANDARD = "-std=c++20"
 #: benchmarks/ ships inside the package, so that `amc-kernels bench` works from a wheel.
 PACKAGE_DIR = {"amc_kernels.benchmarks": "benchmarks"}
 
@@ -174,6 +177,7 @@ def extension(config: dict):
     # debug information that Python's CFLAGS ask for (-g): it halves the compile time of each
     # file (20 s to 9 s on 2 cores), and release wheels do not ship it.
     cxx = [
+        CXX_STANDARD,
         "-O3",
         "-g0",
         "-fopenmp",
@@ -193,7 +197,7 @@ def extension(config: dict):
         return CppExtension(sources=sources, extra_compile_args={"cxx": cxx}, **common)
     defines.append(("AMC_KERNELS_WITH_CUDA", "1"))
     sources += sorted(glob.glob("csrc/cuda/*.cu"))
-    nvcc = ["-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xcompiler", "-fopenmp"]
+    nvcc = [CXX_STANDARD, "-O3", "-lineinfo", "--expt-relaxed-constexpr", "-Xcompiler", "-fopenmp"]
     return CUDAExtension(sources=sources, extra_compile_args={"cxx": cxx, "nvcc": nvcc}, **common)
 
 

@@ -185,13 +185,7 @@ at::Tensor halves_unit_grad(const at::Tensor& unit, const at::Tensor& ids,
 
 // ---- entry points --------------------------------------------------------------------------
 
-// Unordered pairs the loss averages over: N(N−1)/2 for "all", ⌊N/2⌋ for "halves".
-int64_t pair_count(int64_t n, const std::string& pairs) {
-  return pairs == "all" ? n * (n - 1) / 2 : n / 2;
-}
 
-// max(count, 1) as a divisor: an empty mean is 0, as in the reference.
-double at_least_one(int64_t count) { return static_cast<double>(std::max<int64_t>(count, 1)); }
 
 // The loss from the anchor sums R_i = Σ_{j≠i} ℓ_ij of pairs="all".
 at::Tensor reduce_anchor_sums(const at::Tensor& sums, const std::string& reduction) {
@@ -200,27 +194,10 @@ at::Tensor reduce_anchor_sums(const at::Tensor& sums, const std::string& reducti
     return sums / at_least_one(n - 1);
   }
   const at::Tensor total = sums.sum() / 2;
-  return reduction == "sum" ? total : total / at_least_one(pair_count(n, "all"));
+  return reduction == "sum" ? total
+                            : total / at_least_one(amc_loss_pair_count(n, "all"));
 }
 
-// The upstream gradient as weights: dL/dℓ_k per pair for "halves" ([⌊N/2⌋]); for "all", anchor
-// weights u with dL/dℓ_ij = u_i + u_j ([N]): g/(N−1) per anchor ("none"), g/2 ("sum"), g/(2P).
-at::Tensor loss_weights(const at::Tensor& upstream, int64_t n, const std::string& pairs,
-                        const std::string& reduction) {
-  const int64_t count = pair_count(n, pairs);
-  if (pairs == "halves") {
-    if (reduction == "none") {
-      return upstream;
-    }
-    const double divisor = reduction == "sum" ? 1.0 : at_least_one(count);
-    return (upstream / divisor).expand({count}).contiguous();
-  }
-  if (reduction == "none") {
-    return upstream / at_least_one(n - 1);
-  }
-  const double divisor = reduction == "sum" ? 2.0 : 2.0 * at_least_one(count);
-  return (upstream / divisor).expand({n}).contiguous();
-}
 
 at::Tensor amc_loss_fwd_cpu(const at::Tensor& features, const at::Tensor& labels, double margin,
                             const std::string& pairs, const std::string& reduction) {
@@ -246,21 +223,16 @@ at::Tensor amc_loss_bwd_cpu(const at::Tensor& grad, const at::Tensor& features,
                             const at::Tensor& labels, double margin, const std::string& pairs,
                             const std::string& reduction, bool clamp_grad_at_bounds,
                             const c10::List<bool>& output_mask) {
-  amc_loss_check_inputs(kBwd, features, labels, pairs, reduction);
-  const auto [want_features] = checked_output_mask<1>(output_mask, kBwd, "features");
+  const bool want_features =
+      amc_loss_check_backward(kBwd, grad, features, labels, pairs, reduction, output_mask);
   const int64_t n = features.size(0);
-  const int64_t expected = reduction != "none" ? 1 : (pairs == "all" ? n : pair_count(n, pairs));
-  AMC_CHECK(grad.numel() == expected, kBwd, "grad must have ", expected,
-            " entries (one per anchor for pairs='all', per pair for 'halves', one for a scalar "
-            "reduction), got shape ",
-            grad.sizes());
   if (!want_features) {
     return at::empty({0}, features.options());
   }
   const UnitRows rows = unit_rows(features);
   const at::Tensor ids = amc_loss_label_ids(labels);
   const at::Tensor upstream = grad.to(rows.unit.scalar_type()).reshape(-1).contiguous();
-  const at::Tensor weights = loss_weights(upstream, n, pairs, reduction);
+  const at::Tensor weights = amc_loss_weights(upstream, n, pairs, reduction);
   at::Tensor unit_grad;
   AMC_DISPATCH_FLOATING(features.scalar_type(), kBwd, [&] {
     using acc_t = acc_type<scalar_t>;

@@ -261,15 +261,7 @@ std::tuple<at::Tensor, at::Tensor> angular_distance_bwd_cpu(const at::Tensor& gr
                                                             const std::optional<at::Tensor>& y,
                                                             bool clamp_grad_at_bounds,
                                                             const c10::List<bool>& output_mask) {
-  angular_distance_check_inputs(kBwd, x, y);
-  const auto [want_x, want_y_flag] = checked_output_mask<2>(output_mask, kBwd, "x, y");
-  const int64_t cols = y.has_value() ? y->size(0) : x.size(0);
-  AMC_CHECK_DIM(grad, 2, kBwd, "grad");
-  AMC_CHECK(grad.size(0) == x.size(0) && grad.size(1) == cols, kBwd, "grad must have shape [",
-            x.size(0), ", ", cols, "], got ", grad.sizes());
-  AMC_CHECK(grad.scalar_type() == x.scalar_type(), kBwd, "grad must have x's dtype ",
-            x.scalar_type(), ", got ", grad.scalar_type());
-  const bool want_y = want_y_flag && y.has_value();
+  const auto [want_x, want_y] = angular_distance_check_backward(kBwd, grad, x, y, output_mask);
   at::Tensor grad_x = at::empty({0}, x.options());
   at::Tensor grad_y = at::empty({0}, y.has_value() ? y->options() : x.options());
   if (!want_x && !want_y) {

@@ -476,10 +476,6 @@ void pull_back(const CgcProblem<acc_t>& p, const Statistics<acc_t>& s, const Coe
 
 // ---- entry points ----------------------------------------------------------------------------
 
-at::ScalarType accumulation_dtype(const at::Tensor& maps) {
-  return maps.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 at::Tensor cgc_loss_fwd_cpu(const at::Tensor& cam_orig, const at::Tensor& cam_aug,
                             const at::Tensor& crops, const at::Tensor& flips, double temperature,
                             int64_t size) {
@@ -510,11 +506,8 @@ std::tuple<at::Tensor, at::Tensor> cgc_loss_bwd_cpu(const at::Tensor& grad,
                                                     const at::Tensor& flips, double temperature,
                                                     int64_t size,
                                                     const c10::List<bool>& output_mask) {
-  cgc_loss_check_inputs(kBwd, cam_orig, cam_aug, crops, flips, temperature, size);
-  const auto [want_orig, want_aug] =
-      checked_output_mask<2>(output_mask, kBwd, "cam_orig, cam_aug");
-  AMC_CHECK(grad.numel() == 1, kBwd, "grad must hold one value (the loss is a scalar), got shape ",
-            grad.sizes());
+  const auto [want_orig, want_aug] = cgc_loss_check_backward(
+      kBwd, grad, cam_orig, cam_aug, crops, flips, temperature, size, output_mask);
   const auto acc_dtype = accumulation_dtype(cam_orig);
   const int64_t batch = cam_orig.size(0);
   at::Tensor grad_orig = at::empty({0}, cam_orig.options());

@@ -116,7 +116,7 @@ std::tuple<at::Tensor, at::Tensor> class_activation_map_bwd_cpu(
   const at::Tensor w = fc_weight.contiguous();
   const at::Tensor upstream = grad.to(a.scalar_type()).contiguous();
   at::Tensor grad_a = want_a ? at::empty_like(a) : at::empty({0}, a.options());
-  const auto acc_dtype = a.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc_dtype = accumulation_dtype(a);
   at::Tensor grad_w_acc = at::empty({0}, w.options());
   if (want_w) {
     grad_w_acc = at::zeros({shape.classes, shape.channels}, w.options().dtype(acc_dtype));

@@ -22,7 +22,7 @@ at::Tensor selfcheck_row_logsumexp_cpu(const at::Tensor& x) {
   const at::Tensor input = x.contiguous();
   const int64_t rows = input.size(0);
   const int64_t cols = input.size(1);
-  const auto out_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto out_dtype = accumulation_dtype(input);
   at::Tensor out = at::empty({rows}, input.options().dtype(out_dtype));
   AMC_DISPATCH_FLOATING(input.scalar_type(), kOp, [&] {
     using acc_t = acc_type<scalar_t>;

@@ -34,12 +34,7 @@ namespace {
 constexpr const char* kFwd = "amc_loss_fwd";
 constexpr const char* kBwd = "amc_loss_bwd";
 
-int64_t pair_count(int64_t n, const std::string& pairs) {
-  return pairs == "all" ? n * (n - 1) / 2 : n / 2;
-}
 
-// max(count, 1) as a divisor: an empty mean is 0, as in the reference.
-double at_least_one(int64_t count) { return static_cast<double>(std::max<int64_t>(count, 1)); }
 
 // ---- pairs = "all" -------------------------------------------------------------------------
 
@@ -133,7 +128,8 @@ at::Tensor all_pairs_loss(const OperandRows& rows, const at::Tensor& ids, double
     return sums;
   }
   at::Tensor loss = at::empty({}, rows.factor.options());
-  const double divisor = reduction == "sum" ? 2.0 : 2.0 * at_least_one(pair_count(n, "all"));
+  const double pair_total = at_least_one(amc_loss_pair_count(n, "all"));
+  const double divisor = reduction == "sum" ? 2.0 : 2.0 * pair_total;
   scaled_sum<acc_t>(sums, static_cast<acc_t>(1.0 / divisor), loss, stream);
   return loss;
 }
@@ -284,24 +280,6 @@ void halves_grad(const OperandRows& rows, const at::Tensor& ids, const at::Tenso
 
 // ---- entry points --------------------------------------------------------------------------
 
-// The upstream gradient as weights (acc dtype, contiguous): dL/dℓ_k per pair for "halves"
-// ([⌊N/2⌋]); for "all", anchor weights u with dL/dℓ_ij = u_i + u_j ([N]).
-at::Tensor loss_weights(const at::Tensor& upstream, int64_t n, const std::string& pairs,
-                        const std::string& reduction) {
-  const int64_t count = pair_count(n, pairs);
-  if (pairs == "halves") {
-    if (reduction == "none") {
-      return upstream;
-    }
-    const double divisor = reduction == "sum" ? 1.0 : at_least_one(count);
-    return (upstream / divisor).expand({count}).contiguous();
-  }
-  if (reduction == "none") {
-    return upstream / at_least_one(n - 1);
-  }
-  const double divisor = reduction == "sum" ? 2.0 : 2.0 * at_least_one(count);
-  return (upstream / divisor).expand({n}).contiguous();
-}
 
 template <typename scalar_t>
 OperandRows operand_of(const at::Tensor& features, cudaStream_t stream) {
@@ -315,7 +293,7 @@ at::Tensor amc_loss_fwd_cuda(const at::Tensor& features, const at::Tensor& label
   amc_loss_check_inputs(kFwd, features, labels, pairs, reduction, /*same_device=*/true);
   const c10::cuda::CUDAGuard guard(features.device());
   const int64_t n = features.size(0);
-  const auto acc = features.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = accumulation_dtype(features);
   const auto options = features.options().dtype(acc);
   if (n == 0 || (pairs == "halves" && n < 2)) {
     const int64_t len = pairs == "all" ? n : n / 2;
@@ -338,14 +316,9 @@ at::Tensor amc_loss_bwd_cuda(const at::Tensor& grad, const at::Tensor& features,
                              const at::Tensor& labels, double margin, const std::string& pairs,
                              const std::string& reduction, bool clamp_grad_at_bounds,
                              const c10::List<bool>& output_mask) {
-  amc_loss_check_inputs(kBwd, features, labels, pairs, reduction, /*same_device=*/true);
-  const auto [want_features] = checked_output_mask<1>(output_mask, kBwd, "features");
+  const bool want_features = amc_loss_check_backward(kBwd, grad, features, labels, pairs,
+                                                     reduction, output_mask, /*same_device=*/true);
   const int64_t n = features.size(0);
-  const int64_t expected = reduction != "none" ? 1 : (pairs == "all" ? n : pair_count(n, pairs));
-  AMC_CHECK(grad.numel() == expected, kBwd, "grad must have ", expected,
-            " entries (one per anchor for pairs='all', per pair for 'halves', one for a scalar "
-            "reduction), got shape ",
-            grad.sizes());
   if (!want_features) {
     return at::empty({0}, features.options());
   }
@@ -357,9 +330,8 @@ at::Tensor amc_loss_bwd_cuda(const at::Tensor& grad, const at::Tensor& features,
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   const bool allow_tf32 = at::globalContext().allowTF32CuBLAS();
   const at::Tensor ids = amc_loss_label_ids(labels);
-  const auto acc = features.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-  const at::Tensor weights =
-      loss_weights(grad.to(acc).reshape(-1).contiguous(), n, pairs, reduction);
+  const at::Tensor upstream = grad.to(accumulation_dtype(features)).reshape(-1).contiguous();
+  const at::Tensor weights = amc_loss_weights(upstream, n, pairs, reduction);
   AMC_DISPATCH_FLOATING(features.scalar_type(), kBwd, [&] {
     const OperandRows rows = operand_of<scalar_t>(features, stream);
     if (pairs == "all") {

@@ -225,19 +225,13 @@ std::tuple<at::Tensor, at::Tensor> angular_distance_bwd_cuda(const at::Tensor& g
                                                              const std::optional<at::Tensor>& y,
                                                              bool clamp_grad_at_bounds,
                                                              const c10::List<bool>& output_mask) {
-  angular_distance_check_inputs(kBwd, x, y, /*same_device=*/true);
   // Plain bools: the dispatch lambda captures them (no structured bindings in C++17 lambdas).
-  const std::array<bool, 2> mask = checked_output_mask<2>(output_mask, kBwd, "x, y");
+  const std::array<bool, 2> mask =
+      angular_distance_check_backward(kBwd, grad, x, y, output_mask, /*same_device=*/true);
   const bool want_x = mask[0];
-  const bool want_y_flag = mask[1];
+  const bool want_y = mask[1];
   const int64_t cols = y.has_value() ? y->size(0) : x.size(0);
-  AMC_CHECK_DIM(grad, 2, kBwd, "grad");
-  AMC_CHECK(grad.size(0) == x.size(0) && grad.size(1) == cols, kBwd, "grad must have shape [",
-            x.size(0), ", ", cols, "], got ", grad.sizes());
-  AMC_CHECK(grad.scalar_type() == x.scalar_type(), kBwd, "grad must have x's dtype ",
-            x.scalar_type(), ", got ", grad.scalar_type());
   const c10::cuda::CUDAGuard guard(x.device());
-  const bool want_y = want_y_flag && y.has_value();
   at::Tensor grad_x = want_x ? at::empty(x.sizes(), x.options()) : at::empty({0}, x.options());
   at::Tensor grad_y = want_y ? at::empty(y->sizes(), y->options())
                              : at::empty({0}, y.has_value() ? y->options() : x.options());

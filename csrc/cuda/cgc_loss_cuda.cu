@@ -461,10 +461,6 @@ __global__ void pull_back_kernel(Problem<acc_t> p, PullBack<acc_t> g) {
 
 // ---- host side -----------------------------------------------------------------------------
 
-at::ScalarType accumulation_dtype(const at::Tensor& maps) {
-  return maps.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 // The device buffers of one call: inputs in acc_t, the axis matrices and the statistics.
 struct Buffers {
   at::Tensor orig, aug, crops, flips, rows, cols;
@@ -581,11 +577,9 @@ std::tuple<at::Tensor, at::Tensor> cgc_loss_bwd_cuda(const at::Tensor& grad,
                                                      const at::Tensor& flips, double temperature,
                                                      int64_t size,
                                                      const c10::List<bool>& output_mask) {
-  cgc_loss_check_inputs(kBwd, cam_orig, cam_aug, crops, flips, temperature, size, /*same_device=*/true);
   const auto [want_orig, want_aug] =
-      checked_output_mask<2>(output_mask, kBwd, "cam_orig, cam_aug");
-  AMC_CHECK(grad.numel() == 1, kBwd, "grad must hold one value (the loss is a scalar), got shape ",
-            grad.sizes());
+      cgc_loss_check_backward(kBwd, grad, cam_orig, cam_aug, crops, flips, temperature, size,
+                              output_mask, /*same_device=*/true);
   const auto acc_dtype = accumulation_dtype(cam_orig);
   const c10::cuda::CUDAGuard guard(cam_orig.device());
   const int64_t batch = cam_orig.size(0);

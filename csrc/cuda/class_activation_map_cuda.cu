@@ -28,10 +28,6 @@ namespace {
 constexpr const char* kOp = "class_activation_map";
 constexpr const char* kBwd = "class_activation_map_bwd";
 
-at::ScalarType acc_dtype(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 at::Tensor class_activation_map_fwd_cuda(const at::Tensor& activations,
                                           const at::Tensor& fc_weight, const at::Tensor& targets) {
   const CamShape shape = cam_checked_shape(kOp, activations, fc_weight, targets, /*same_device=*/true);
@@ -46,7 +42,7 @@ at::Tensor class_activation_map_fwd_cuda(const at::Tensor& activations,
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AMC_DISPATCH_FLOATING(a.scalar_type(), kOp, [&] {
     using acc_t = acc_type<scalar_t>;
-    const auto acc_options = a.options().dtype(acc_dtype(a));
+    const auto acc_options = a.options().dtype(accumulation_dtype(a));
     const scalar_t* a_data = a.const_data_ptr<scalar_t>();
     const int vec = vector_width<scalar_t>(shape.plane, {a_data});
     const int64_t chunks = channel_chunks(shape.maps, shape.channels, shape.plane, vec);
@@ -104,7 +100,7 @@ std::tuple<at::Tensor, at::Tensor> class_activation_map_bwd_cuda(
   const at::Tensor w = fc_weight.contiguous();
   const at::Tensor index = targets.to(at::kLong).contiguous();
   const at::Tensor upstream = grad.to(a.scalar_type()).contiguous();
-  const auto acc = acc_dtype(a);
+  const auto acc = accumulation_dtype(a);
   at::Tensor grad_a = want_a ? at::empty_like(a) : at::empty({0}, a.options());
   at::Tensor grad_w_acc = at::empty({0}, w.options());
   if (want_w) {

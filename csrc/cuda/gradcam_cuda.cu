@@ -57,10 +57,6 @@ MapShape map_shape(const at::Tensor& activations, const at::Tensor& gradients,
   return {gradcam::map_shape(kOp, activations, gradients, output_size, /*same_device=*/true)};
 }
 
-at::ScalarType acc_dtype(const at::Tensor& t) {
-  return t.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
-}
-
 // ---- forward -------------------------------------------------------------------------------
 
 // One warp per row (b, k): alpha[row] = Σ_p G[row, p] / plane.
@@ -130,7 +126,7 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> gradcam_fwd_cuda(
   const c10::cuda::CUDAGuard guard(activations.device());
   const at::Tensor a = activations.contiguous();
   const at::Tensor g = gradients.contiguous();
-  const auto acc_options = a.options().dtype(acc_dtype(a));
+  const auto acc_options = a.options().dtype(accumulation_dtype(a));
   at::Tensor out = at::empty({shape.maps, shape.out_height, shape.out_width}, a.options());
   at::Tensor raw = at::zeros({shape.maps, shape.height, shape.width}, acc_options);
   at::Tensor alpha =
@@ -456,31 +452,15 @@ std::tuple<at::Tensor, at::Tensor> gradcam_bwd_cuda(
       checked_output_mask<2>(output_mask, kBwd, "activations, gradients");
   const Weighting mode = gradcam::parse_weighting(kOp, weighting);
   const Normalization norm = gradcam::parse_normalization(kOp, normalize);
-  AMC_CHECK(grad.dim() == 3 && grad.size(0) == shape.maps && grad.size(1) == shape.out_height &&
-                grad.size(2) == shape.out_width,
-            kOp, "grad must have the output's shape [", shape.maps, ", ", shape.out_height, ", ",
-            shape.out_width, "], got ", grad.sizes());
-  const auto acc = acc_dtype(activations);
-  AMC_CHECK(raw.scalar_type() == acc && raw.numel() == shape.maps * shape.plane(), kOp,
-            "raw must be the forward's [", shape.maps, ", ", shape.height, ", ", shape.width,
-            "] ", acc, " map, got ", raw.sizes(), " ", raw.scalar_type());
-  const int64_t alpha_width = mode == Weighting::kMean ? shape.channels : 0;
-  AMC_CHECK(alpha.scalar_type() == acc && alpha.numel() == shape.maps * alpha_width, kOp,
-            "alpha must be the forward's [", shape.maps, ", ", alpha_width, "] ", acc,
-            " weights, got ", alpha.sizes(), " ", alpha.scalar_type());
+  const auto acc = accumulation_dtype(activations);
+  gradcam::check_saved_state(kOp, shape, mode, grad, raw, alpha, acc);
   const c10::cuda::CUDAGuard guard(activations.device());
   const at::Tensor a = activations.contiguous();
   const at::Tensor g = gradients.contiguous();
   const at::Tensor upstream = grad.to(a.scalar_type()).contiguous();
   const at::Tensor raw_data = raw.contiguous();
   const at::Tensor alpha_data = alpha.contiguous();
-  at::Tensor grad_a = want_a ? at::empty_like(a) : at::empty({0}, a.options());
-  at::Tensor grad_g = at::empty({0}, g.options());
-  if (want_g) {
-    grad_g = mode == Weighting::kMean
-                 ? at::empty({shape.maps, shape.channels, 1, 1}, g.options())
-                 : at::empty_like(g);
-  }
+  auto [grad_a, grad_g] = gradcam::backward_outputs(a, g, shape, mode, want_a, want_g);
   if (a.numel() == 0 || !(want_a || want_g)) {
     return {grad_a, grad_g};
   }

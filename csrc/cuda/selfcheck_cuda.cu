@@ -41,7 +41,7 @@ at::Tensor selfcheck_row_logsumexp_cuda(const at::Tensor& x) {
   const c10::cuda::CUDAGuard guard(x.device());
   const at::Tensor input = x.contiguous();
   const int64_t rows = input.size(0);
-  const auto out_dtype = input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto out_dtype = accumulation_dtype(input);
   at::Tensor out = at::empty({rows}, input.options().dtype(out_dtype));
   if (rows == 0) {
     return out;

@@ -74,7 +74,7 @@ Problem make_problem(const at::Tensor& features, const std::optional<at::Tensor>
   p.columns = p.rows + (negatives.has_value() ? negatives->size(0) : 0);
   p.temperature = temperature;
   p.scale = temperature / base_temperature;
-  const auto acc = features.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = accumulation_dtype(features);
   at::Tensor sample_class;
   at::Tensor class_size;
   if (labels.has_value()) {
@@ -334,7 +334,7 @@ std::tuple<at::Tensor, at::Tensor> supcon_loss_fwd_cuda(
   supcon_check_inputs(kFwd, features, labels, negatives, temperature, base_temperature, contrast_mode,
                       reduction, /*same_device=*/true);
   const c10::cuda::CUDAGuard guard(features.device());
-  const auto acc = features.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = accumulation_dtype(features);
   const auto options = features.options().dtype(acc);
   const int64_t anchors =
       contrast_mode == "all" ? features.size(0) * features.size(1) : features.size(0);
@@ -374,7 +374,7 @@ std::tuple<at::Tensor, at::Tensor> supcon_loss_bwd_cuda(
       checked_output_mask<2>(output_mask, kBwd, "features, negatives");
   const bool want_features = mask[0];
   const bool want_negatives = mask[1] && negatives.has_value();
-  const auto dtype = features.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto dtype = accumulation_dtype(features);
   const int64_t anchors =
       contrast_mode == "all" ? features.size(0) * features.size(1) : features.size(0);
   AMC_CHECK(lse.dim() == 1 && lse.size(0) == anchors && lse.scalar_type() == dtype, kBwd,

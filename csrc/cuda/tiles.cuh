@@ -33,6 +33,7 @@
 #include <limits>
 #include <type_traits>
 
+#include "amc_kernels/checks.h"
 #include "amc_kernels/dispatch.h"
 #include "amc_kernels/math.h"
 #include "common.cuh"
@@ -315,7 +316,7 @@ struct OperandRows {
 };
 
 inline OperandRows empty_operand_rows(int64_t rows, int64_t dim, const at::Tensor& like) {
-  const auto acc = like.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+  const auto acc = accumulation_dtype(like);
   const bool raw = like.scalar_type() == at::kHalf || like.scalar_type() == at::kBFloat16;
   return {at::empty({rows, dim}, like.options().dtype(raw ? like.scalar_type() : acc)),
           at::empty({rows}, like.options().dtype(acc)),

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <ATen/core/List.h>
+#include <ATen/core/Tensor.h>
 #include <c10/util/Exception.h>
 
 #include <array>
@@ -18,6 +19,11 @@
             (t).scalar_type())
 
 namespace amc_kernels {
+
+// The dtype the kernels accumulate in: float64 for float64 inputs, float32 for the others.
+inline at::ScalarType accumulation_dtype(const at::Tensor& input) {
+  return input.scalar_type() == at::kDouble ? at::kDouble : at::kFloat;
+}
 
 // The output_mask of a backward op (csrc/amc_kernels.cpp): one flag per differentiable input
 // of the forward, `inputs` naming them in order, as N bools.

@@ -4,6 +4,8 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <array>
+
 #include "amc_kernels/checks.h"
 
 namespace amc_kernels {
@@ -34,6 +36,23 @@ inline void cgc_loss_check_inputs(const char* op, const at::Tensor& cam_orig,
               op, "cam_aug, crops and flips must be on the device of cam_orig (",
               cam_orig.device(), ")");
   }
+}
+
+// The checks of cgc_loss_bwd: the forward's, the output mask and a one-element grad (the loss
+// is a scalar). Returns {want_orig, want_aug}.
+inline std::array<bool, 2> cgc_loss_check_backward(const char* op, const at::Tensor& grad,
+                                                   const at::Tensor& cam_orig,
+                                                   const at::Tensor& cam_aug,
+                                                   const at::Tensor& crops,
+                                                   const at::Tensor& flips, double temperature,
+                                                   int64_t size,
+                                                   const c10::List<bool>& output_mask,
+                                                   bool same_device = false) {
+  cgc_loss_check_inputs(op, cam_orig, cam_aug, crops, flips, temperature, size, same_device);
+  const std::array<bool, 2> mask = checked_output_mask<2>(output_mask, op, "cam_orig, cam_aug");
+  AMC_CHECK(grad.numel() == 1, op, "grad must hold one value (the loss is a scalar), got shape ",
+            grad.sizes());
+  return mask;
 }
 
 }  // namespace amc_kernels

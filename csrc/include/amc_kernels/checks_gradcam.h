@@ -3,8 +3,11 @@
 #pragma once
 
 #include <ATen/core/Tensor.h>
+#include <ATen/ops/empty.h>
+#include <ATen/ops/empty_like.h>
 
 #include <string>
+#include <utility>
 
 #include "amc_kernels/checks.h"
 
@@ -77,6 +80,41 @@ inline MapShape map_shape(const char* op, const at::Tensor& activations,
               "cannot resize empty maps of size ", shape.height, "x", shape.width);
   }
   return shape;
+}
+
+// The checks of gradcam_bwd beyond map_shape: grad has the output's shape [B, H', W']; raw and
+// alpha are the forward's saved [B, H, W] map and [B, K] ("mean"; [B, 0] "elementwise")
+// weights, in the accumulation dtype `acc`.
+inline void check_saved_state(const char* op, const MapShape& shape, Weighting mode,
+                              const at::Tensor& grad, const at::Tensor& raw,
+                              const at::Tensor& alpha, at::ScalarType acc) {
+  AMC_CHECK(grad.dim() == 3 && grad.size(0) == shape.maps && grad.size(1) == shape.out_height &&
+                grad.size(2) == shape.out_width,
+            op, "grad must have the output's shape [", shape.maps, ", ", shape.out_height, ", ",
+            shape.out_width, "], got ", grad.sizes());
+  AMC_CHECK(raw.scalar_type() == acc && raw.numel() == shape.maps * shape.plane(), op,
+            "raw must be the forward's [", shape.maps, ", ", shape.height, ", ", shape.width,
+            "] ", acc, " map, got ", raw.sizes(), " ", raw.scalar_type());
+  const int64_t alpha_width = mode == Weighting::kMean ? shape.channels : 0;
+  AMC_CHECK(alpha.scalar_type() == acc && alpha.numel() == shape.maps * alpha_width, op,
+            "alpha must be the forward's [", shape.maps, ", ", alpha_width, "] ", acc,
+            " weights, got ", alpha.sizes(), " ", alpha.scalar_type());
+}
+
+// gradcam_bwd's outputs {dL/dA, dL/dG}: empty ([0]) where output_mask leaves one out; dL/dG is
+// [B, K, 1, 1] for "mean" weighting (α_k = mean(G_k) gives each pixel of G_k the same gradient).
+inline std::pair<at::Tensor, at::Tensor> backward_outputs(const at::Tensor& a,
+                                                          const at::Tensor& g,
+                                                          const MapShape& shape, Weighting mode,
+                                                          bool want_a, bool want_g) {
+  at::Tensor grad_a = want_a ? at::empty_like(a) : at::empty({0}, a.options());
+  at::Tensor grad_g = at::empty({0}, g.options());
+  if (want_g) {
+    grad_g = mode == Weighting::kMean
+                 ? at::empty({shape.maps, shape.channels, 1, 1}, g.options())
+                 : at::empty_like(g);
+  }
+  return {grad_a, grad_g};
 }
 
 }  // namespace amc_kernels::gradcam
