@@ -122,17 +122,20 @@ def build_ext_class(config: dict):
     from torch.utils.cpp_extension import BuildExtension
 
     class BuildWithResourceReport(BuildExtension.with_options(use_ninja=True)):
-        def report_path(self, ext, in_source: bool) -> Path:
-            if not in_source:
-                return Path(self.get_ext_fullpath(ext.name)).parent / RESOURCE_REPORT
+        built_reports: dict[str, Path]
+
+        def source_report(self, ext) -> Path:
             package = ".".join(self.get_ext_fullname(ext.name).split(".")[:-1])
             build_py = self.get_finalized_command("build_py")
             return Path(build_py.get_package_dir(package)) / RESOURCE_REPORT
 
         def build_extensions(self) -> None:
             super().build_extensions()
+            self.built_reports = {}
             for ext in self.extensions:
-                report = self.report_path(ext, in_source=False)
+                # The build folder's copy: setuptools builds there even for --inplace and -e.
+                report = Path(self.get_ext_fullpath(ext.name)).parent / RESOURCE_REPORT
+                self.built_reports[ext.name] = report
                 if config["with_cuda"]:
                     gathered = gather_resource_reports(
                         self.build_temp, ext.sources, config["arch_list"]
@@ -144,8 +147,8 @@ def build_ext_class(config: dict):
         def copy_extensions_to_source(self) -> None:
             super().copy_extensions_to_source()
             for ext in self.extensions:
-                built, in_source = self.report_path(ext, False), self.report_path(ext, True)
-                if built.is_file():
+                built, in_source = self.built_reports.get(ext.name), self.source_report(ext)
+                if built is not None and built.is_file():
                     in_source.write_text(built.read_text())
                 else:
                     in_source.unlink(missing_ok=True)
