@@ -31,6 +31,8 @@ ENV_LOG = "AMC_KERNELS_LOG_DISPATCH"
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cuda": ("cuda", "triton", "reference"),
     "cpu": ("cpp", "reference"),
+    # meta tensors (shape inference, no data): every backend infers the same shapes
+    "meta": ("cpp", "triton", "reference"),
 }
 FALLBACK_ORDER = ("reference",)
 
@@ -135,7 +137,7 @@ def _compiled_refusals(device_type: str, dispatch_key: str) -> Refusals:
         if error is not None:
             return [error]
         reasons = []
-        if call.device.type != device_type:
+        if call.device.type not in (device_type, "meta"):
             reasons.append(f"needs {device_type} tensors, got {call.device.type}")
         if not has_kernel(f"{call.op}_fwd", dispatch_key):
             reasons.append(f"amc_kernels._C has no {dispatch_key} kernel for {call.op}")
@@ -156,7 +158,7 @@ def triton_installed() -> bool:
 def _triton_refusals(call: Call) -> list[str]:
     if not triton_installed():
         return ["triton is not installed: pip install amc-kernels[triton]"]
-    if call.device.type == "cuda":
+    if call.device.type in ("cuda", "meta"):
         return []
     if call.device.type == "cpu":
         if interpreter_enabled():
