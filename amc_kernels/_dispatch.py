@@ -129,12 +129,18 @@ def has_kernel(schema: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"amc_kernels::{schema}", dispatch_key)
 
 
+@torch.compiler.assume_constant_result  # a build property, read without tracing functools.cache
+def extension_error() -> str:
+    """Why amc_kernels._C did not load, or "" when it did."""
+    from . import _extension
+
+    return _extension.load_error() or ""
+
+
 def _compiled_refusals(device_type: str, dispatch_key: str) -> Refusals:
     def refusals(call: Call) -> list[str]:
-        from . import _extension
-
-        error = _extension.load_error()
-        if error is not None:
+        error = extension_error()
+        if error:
             return [error]
         reasons = []
         if call.device.type not in (device_type, "meta"):
@@ -193,6 +199,24 @@ def _load(op: str, backend: str) -> bool:
         own: Refusals = getattr(module, "refusals", accept_all)
         needs = BACKEND_REFUSALS[backend]
         register(op, backend, getattr(module, op), lambda call: needs(call) + own(call))
+    return True
+
+
+@torch.compiler.assume_constant_result
+def _load_all() -> bool:
+    """Import every table module whose backend can be imported here (reference; cpp and cuda
+    with _C; triton when installed). Under torch.compile this runs before the trace first reads
+    the registry: the trace would not see the entries of an import made after that read."""
+    importable = {
+        "reference": True,
+        "cpp": not extension_error(),
+        "cuda": not extension_error(),
+        "triton": triton_installed(),
+    }
+    for op, modules in IMPLEMENTATIONS.items():
+        for backend in modules:
+            if importable[backend]:
+                _load(op, backend)
     return True
 
 
@@ -257,6 +281,8 @@ def describe_candidates(call: Call) -> str:
 def select(call: Call, backend: str | None = None) -> Implementation:
     """The implementation that runs `call` under the precedence rules above."""
     name, source = requested(backend)
+    if torch.compiler.is_compiling():
+        _load_all()
     if name == "auto":
         for candidate in candidates(call.device):
             if not refusals(candidate, call):
