@@ -23,7 +23,11 @@ def _checked(spec: OpSpec, backend: str | None, **options: object) -> None:
 
 
 class AMCLoss(nn.Module):
-    """Module form of :func:`amc_kernels.amc_loss`; forward(features [N, D], labels [N])."""
+    """Module form of :func:`amc_kernels.amc_loss`; forward(features [N, D], labels [N]).
+
+    The default pairs="all" (every i < j) differs from the official code and the recipes'
+    CLI, which use pairs="halves", the pairs (k, k + ⌊N/2⌋).
+    """
 
     def __init__(
         self,
