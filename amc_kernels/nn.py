@@ -1,4 +1,4 @@
-"""Modules around the functional losses, and a Grad-CAM hook for any model."""
+"""Modules around the functional losses, a Grad-CAM hook for any model, and a memory bank."""
 
 from __future__ import annotations
 
@@ -11,7 +11,10 @@ from torch import nn
 
 from . import functional as F
 from ._dispatch import check_backend_name
+from ._queue import FeatureQueue
 from ._spec import AMC_LOSS, CGC_LOSS, GRADCAM, SUPCON_LOSS, OpSpec
+
+__all__ = ["AMCLoss", "CGCLoss", "FeatureQueue", "GradCAM", "GradCAMResult", "SupConLoss"]
 
 _amc, _supcon, _cgc, _gradcam = (s.defaults for s in (AMC_LOSS, SUPCON_LOSS, CGC_LOSS, GRADCAM))
 
