@@ -17,8 +17,10 @@ FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64)
 
 
-def value_checks_enabled() -> bool:
-    if torch.compiler.is_compiling():
+def value_checks_enabled(x: torch.Tensor | None = None) -> bool:
+    """Whether to read x's values: not while torch.compile traces, not for meta tensors (they
+    have no values: shape inference), and not with AMC_KERNELS_CHECK_VALUES=0."""
+    if torch.compiler.is_compiling() or (x is not None and x.is_meta):
         return False
     return os.environ.get(ENV_CHECK_VALUES, "1").strip() not in ("0", "false", "off")
 
@@ -140,7 +142,7 @@ def finite_values(op: str, name: str, x: torch.Tensor) -> None:
     """No NaN or ±inf in x: one aminmax pass (NaN propagates to both ends), one sync, no
     tensor of x's size (isfinite(x).all() costs 40× more on CPU)."""
     if (
-        value_checks_enabled()
+        value_checks_enabled(x)
         and x.numel()
         and not bool(torch.stack(torch.aminmax(x)).isfinite().all())
     ):
@@ -152,7 +154,7 @@ def finite_values(op: str, name: str, x: torch.Tensor) -> None:
 
 def index_values(op: str, name: str, x: torch.Tensor, upper: int, upper_name: str) -> None:
     """0 ≤ x < upper for every entry."""
-    if value_checks_enabled() and x.numel():
+    if value_checks_enabled(x) and x.numel():
         low, high = (int(v) for v in torch.stack(torch.aminmax(x)).tolist())
         if low < 0 or high >= upper:
             raise ValueError(

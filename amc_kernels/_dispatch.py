@@ -32,6 +32,8 @@ ENV_LOG = "AMC_KERNELS_LOG_DISPATCH"
 AUTO_ORDER: dict[str, tuple[str, ...]] = {
     "cuda": ("triton", "cuda", "reference"),
     "cpu": ("cpp", "reference"),
+    # meta tensors (shape inference, no data): every backend infers the same shapes
+    "meta": ("cpp", "triton", "reference"),
 }
 FALLBACK_ORDER = ("reference",)
 
@@ -128,15 +130,21 @@ def has_kernel(schema: str, dispatch_key: str) -> bool:
     return torch._C._dispatch_has_kernel_for_dispatch_key(f"amc_kernels::{schema}", dispatch_key)
 
 
+@torch.compiler.assume_constant_result  # a build property, read without tracing functools.cache
+def extension_error() -> str:
+    """Why amc_kernels._C did not load, or "" when it did."""
+    from . import _extension
+
+    return _extension.load_error() or ""
+
+
 def _compiled_refusals(device_type: str, dispatch_key: str) -> Refusals:
     def refusals(call: Call) -> list[str]:
-        from . import _extension
-
-        error = _extension.load_error()
-        if error is not None:
+        error = extension_error()
+        if error:
             return [error]
         reasons = []
-        if call.device.type != device_type:
+        if call.device.type not in (device_type, "meta"):
             reasons.append(f"needs {device_type} tensors, got {call.device.type}")
         if not has_kernel(f"{call.op}_fwd", dispatch_key):
             reasons.append(f"amc_kernels._C has no {dispatch_key} kernel for {call.op}")
@@ -157,7 +165,7 @@ def triton_installed() -> bool:
 def _triton_refusals(call: Call) -> list[str]:
     if not triton_installed():
         return ["triton is not installed: pip install amc-kernels[triton]"]
-    if call.device.type == "cuda":
+    if call.device.type in ("cuda", "meta"):
         return []
     if call.device.type == "cpu":
         if interpreter_enabled():
@@ -192,6 +200,24 @@ def _load(op: str, backend: str) -> bool:
         own: Refusals = getattr(module, "refusals", accept_all)
         needs = BACKEND_REFUSALS[backend]
         register(op, backend, getattr(module, op), lambda call: needs(call) + own(call))
+    return True
+
+
+@torch.compiler.assume_constant_result
+def _load_all() -> bool:
+    """Import every table module whose backend can be imported here (reference; cpp and cuda
+    with _C; triton when installed). Under torch.compile this runs before the trace first reads
+    the registry: the trace would not see the entries of an import made after that read."""
+    importable = {
+        "reference": True,
+        "cpp": not extension_error(),
+        "cuda": not extension_error(),
+        "triton": triton_installed(),
+    }
+    for op, modules in IMPLEMENTATIONS.items():
+        for backend in modules:
+            if importable[backend]:
+                _load(op, backend)
     return True
 
 
@@ -256,6 +282,8 @@ def describe_candidates(call: Call) -> str:
 def select(call: Call, backend: str | None = None) -> Implementation:
     """The implementation that runs `call` under the precedence rules above."""
     name, source = requested(backend)
+    if torch.compiler.is_compiling():
+        _load_all()
     if name == "auto":
         for candidate in candidates(call.device):
             if not refusals(candidate, call):

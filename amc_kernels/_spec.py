@@ -225,7 +225,7 @@ def _crops(op: str, crops: object, batch: int, size: int, device: torch.device) 
     check.size(op, "crops", crops, 1, 4, "(i, j, height, width)")
     if crops.device != device:
         raise ValueError(f"{op}: crops is on {crops.device} but the maps are on {device}")
-    if check.value_checks_enabled() and batch:
+    if check.value_checks_enabled(crops) and batch:
         top, left, height, width = crops.long().unbind(1)
         inside = (top >= 0) & (left >= 0) & (height >= 1) & (width >= 1)
         inside &= (top + height <= size) & (left + width <= size)

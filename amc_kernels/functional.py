@@ -81,7 +81,9 @@ def amc_loss(
         labels: [N] integers. The official recipe passes the network's detached predictions.
         margin: m > 0 in radians.
         pairs: "all" (every i < j, the fused O(N)-memory form) or "halves" (the official
-            code: pairs (k, k + ⌊N/2⌋), k < ⌊N/2⌋; an odd last sample is unused).
+            code: pairs (k, k + ⌊N/2⌋), k < ⌊N/2⌋; an odd last sample is unused). The
+            default "all" differs from the official code and from the recipes' CLI
+            (``--amc-pairs halves``): pass pairs="halves" to reproduce the paper's numbers.
         reduction: "mean" over pairs (0 with no pair), "sum", or "none": the [⌊N/2⌋] pair
             losses for "halves", the [N] per-anchor r_i = Σ_{j≠i} ℓ_ij / (N−1) for "all"
             (their mean equals the "mean" result).

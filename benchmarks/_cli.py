@@ -15,7 +15,7 @@ from amc_kernels import _dispatch, functional
 
 from . import _results
 from ._harness import DTYPES, MODES, OpBench, load, load_module
-from ._measure import COMPILED
+from ._measure import COMPILED, REFERENCE
 from ._plan import Plan, run
 
 
@@ -44,8 +44,21 @@ def _names(allowed: Sequence[str] | None) -> Callable[[str], tuple[str, ...]]:
     return parse
 
 
-def add_arguments(parser: argparse.ArgumentParser, *, cli: bool) -> None:
-    """The options of ``amc-kernels bench`` (cli=True, which adds --op) and of bench_<op>.py."""
+def provider_names(benches: Sequence[OpBench]) -> tuple[str, ...]:
+    """Every provider a run of `benches` can have: the reference, compiled or not, the other
+    backends and the ops' peers."""
+    peers = dict.fromkeys(p.name for bench in benches for v in bench.variants for p in v.peers)
+    return (REFERENCE, COMPILED, *_dispatch.BACKENDS[1:], *peers)
+
+
+def add_arguments(
+    parser: argparse.ArgumentParser, *, cli: bool, benches: Sequence[OpBench] | None = None
+) -> None:
+    """The options of ``amc-kernels bench`` (cli=True, which adds --op) and of bench_<op>.py
+    (`benches`: the ops whose peers --providers accepts; None: every op)."""
+    if benches is None:
+        benches = [load(op) for op in functional.__all__]
+    names = provider_names(benches)
     if cli:
         parser.add_argument(
             "--op",
@@ -68,8 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser, *, cli: bool) -> None:
     parser.add_argument("--variants", type=_names(None), help="only these variants of an op")
     parser.add_argument(
         "--providers",
-        type=_names(None),
-        help="only these: reference, reference+compile, cpp, cuda, triton or a peer's name",
+        type=_names(names),
+        help=f"only these, comma-separated, from: {', '.join(names)}",
     )
     parser.add_argument(
         "--compile",
@@ -141,7 +154,7 @@ def main(bench: OpBench, argv: Sequence[str] | None = None) -> int:
         description=load_module(bench.op).__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    add_arguments(parser, cli=False)
+    add_arguments(parser, cli=False, benches=[bench])
     return execute([bench], parser.parse_args(argv))
 
 

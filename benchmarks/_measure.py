@@ -55,7 +55,7 @@ class Case:
 @dataclass(frozen=True)
 class ModeResult:
     mode: str
-    status: str  # ok, skipped, refused, oom, killed, timeout or error
+    status: str  # ok, skipped, refused, oom, killed, timeout, error or budget (not run)
     median_ms: float | None = None
     p20_ms: float | None = None
     p80_ms: float | None = None

@@ -124,6 +124,16 @@ def schedule(benches: Sequence[OpBench], plan: Plan, notes: Notes) -> list[tuple
     return [(bench, case) for _, bench, case in ranked]
 
 
+def _budget_rows(
+    bench: OpBench, case: Case, budget: float, run_info: dict[str, str], roofline: Roofline
+) -> list[dict[str, object]]:
+    """Rows of status "budget" for the first case of a provider's line that the time budget
+    stopped: the table then shows where that provider stopped and why."""
+    note = f"not run: the time budget of {budget:.0f} s was spent"
+    results = [ModeResult(mode, "budget", note=note) for mode in case.modes]
+    return [_row(bench, case, "", result, run_info, roofline) for result in results]
+
+
 def _row(
     bench: OpBench,
     case: Case,
@@ -214,13 +224,16 @@ def run(
     largest: dict[tuple, int] = {}
     for _, case in todo:
         largest[case.line] = max(largest.get(case.line, 0), case.n)
-    started, over_budget = time.monotonic(), 0
+    started, over_budget, budgeted = time.monotonic(), 0, set()
     for index, (bench, case) in enumerate(todo, 1):
         if case.line in stopped:
             continue
         if plan.time_budget is not None and time.monotonic() - started > plan.time_budget:
             over_budget += 1
             notes.add(f"not run: the time budget of {plan.time_budget:.0f} s was spent", case.op)
+            if case.line not in budgeted:  # one row per line (table only) says where it stopped
+                budgeted.add(case.line)
+                rows += _budget_rows(bench, case, plan.time_budget, run_info, roofline)
             continue
         began = time.monotonic()
         outcome = runner(case, plan.min_time)

@@ -3,7 +3,9 @@ CLI, GPU suite."""
 
 from __future__ import annotations
 
+import argparse
 import csv
+import dataclasses
 import os
 import subprocess
 import sys
@@ -172,6 +174,46 @@ def test_a_forward_only_peer_skips_the_backward_modes() -> None:
 def test_a_case_past_its_timeout_is_killed_and_recorded() -> None:
     (result,) = _isolation.ForkedCases([], case_timeout=0.001)(tiny_case(), 0.01).results
     assert result.status == "timeout"
+
+
+def test_providers_reject_unknown_names_and_help_lists_the_peers(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    parser = argparse.ArgumentParser()
+    _cli.add_arguments(parser, cli=True)
+    assert parser.parse_args(["--providers", "cpp,captum-LayerGradCam"]).providers == (
+        "cpp",
+        "captum-LayerGradCam",
+    )
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--providers", "cpp,captum"])
+    assert "expected comma-separated names from reference, reference+compile" in (
+        capsys.readouterr().err
+    )
+    help_text = " ".join(parser.format_help().split())
+    for name in ("triton", "pml-SupConLoss", "pml-NTXentLoss", "captum-LayerGradCam"):
+        assert name in help_text
+    one = argparse.ArgumentParser()
+    _cli.add_arguments(one, cli=False, benches=[_harness.load("gradcam")])
+    with pytest.raises(SystemExit):  # a peer of another op
+        one.parse_args(["--providers", "pml-SupConLoss"])
+
+
+def test_a_line_stopped_by_the_time_budget_says_so(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A spent budget gives one "budget" row per provider line, in the table, not the CSV."""
+    monkeypatch.setattr(_plan, "measure_roofline", lambda *a: _roofline.Roofline({}, 1.0))
+    plan = Plan(CPU, sizes=(8, 16), dims=(4,), dtypes=("float32",), modes=("forward",))
+    plan = dataclasses.replace(plan, providers=("reference", "cpp"), time_budget=0.0)
+    rows = _plan.run([_harness.load("angular_distance")], plan, None, quiet=True)
+    assert {(row["provider"], row["n"], row["status"]) for row in rows} == {
+        ("reference", 8, "budget"),
+        ("cpp", 8, "budget"),
+    }
+    assert all("time budget of 0 s was spent" in str(row["note"]) for row in rows)
+    out = capsys.readouterr().out
+    assert any(line.split()[6:8] == ["cpp", "budget"] for line in out.splitlines())
 
 
 def test_sizes_grow_until_a_provider_gets_too_slow() -> None:

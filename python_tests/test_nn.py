@@ -156,3 +156,38 @@ def test_gradcam_errors(net: TinyNet, images: torch.Tensor) -> None:
         GradCAM(net, "features")(images, torch.tensor([0, 1]))
     with pytest.raises(ValueError, match="gradcam: normalize must be one of"):
         GradCAM(net, "features", normalize="l2")(images)
+
+
+def test_gradcam_takes_the_layer_as_a_module(net: TinyNet, images: torch.Tensor) -> None:
+    """As pytorch-grad-cam takes it: GradCAM(model, model.layer4)."""
+    targets = torch.tensor([3, 0, 1])
+    by_module = GradCAM(net, net.features)
+    assert by_module.layer == "features" and "layer='features'" in repr(by_module)
+    by_name = GradCAM(net, "features")
+    torch.testing.assert_close(by_module(images, targets), by_name(images, targets))
+
+
+def test_gradcam_layer_errors(net: TinyNet, images: torch.Tensor) -> None:
+    with pytest.raises(ValueError, match="layer Conv2d is not a submodule of the model"):
+        GradCAM(net, nn.Conv2d(6, 5, 3))
+    with pytest.raises(TypeError, match="layer must be a submodule of the model or its name"):
+        GradCAM(net, 3)
+    with pytest.raises(ValueError, match=r"layer 'fc' returned shape \(3, 4\).*\[B, K, H, W\]"):
+        GradCAM(net, net.fc)(images)
+
+
+def test_gradcam_hook_is_removed(net: TinyNet, images: torch.Tensor) -> None:
+    """The hook is registered once; remove(), a with block or dropping the GradCAM take it off,
+    and it does nothing between explanations."""
+    cam = GradCAM(net, "features")
+    assert len(net.features._forward_hooks) == 1
+    torch.testing.assert_close(net(images), TinyNet.forward(net, images))
+    cam.remove()
+    assert not net.features._forward_hooks
+    with pytest.raises(RuntimeError, match=r"remove\(\) was called"):
+        cam(images)
+    with GradCAM(net, "features") as cam:
+        cam(images)
+    assert not net.features._forward_hooks
+    GradCAM(net, "features")(images)  # dropped at once
+    assert not net.features._forward_hooks

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .train import Examples
+    from .evaluation import Examples
 
 
 def gradcam_grid(rows: dict[str, Examples], classes: list[str], path: str | Path) -> None:

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, nullcontext
@@ -45,9 +44,11 @@ from ..functional import amc_loss, cgc_loss, class_activation_map, saliency_mask
 from ..nn import GradCAM
 from .augment import Augmenter
 from .config import TrainConfig
-from .data import ImageData, Split, load_data, loader
+from .data import ImageData, load_data, loader
+from .evaluation import Examples, evaluate, examples, predict
 from .figures import gradcam_grid
 from .models import Net, build_model, excon_layer, projection_head
+from .progress import Progress
 
 CHECKPOINT_FORMAT = "amc-kernels-recipe-1"
 MIN_LR_RATIO = 1e-3  # cosine decay to lr·1e-3, as SupContrast's eta_min
@@ -85,18 +86,6 @@ def _cosine(
 
 
 @dataclass
-class Examples:
-    """Test images for figures: images [B, 3, S, S] in [0, 1], Grad-CAM maps [B, S, S]
-    (ground-truth class, max-normalised), labels, predictions, masks or None."""
-
-    images: torch.Tensor
-    maps: torch.Tensor
-    labels: torch.Tensor
-    predictions: torch.Tensor
-    masks: torch.Tensor | None
-
-
-@dataclass
 class RunResult:
     config: TrainConfig
     metrics: dict[str, float]
@@ -113,6 +102,7 @@ class Trainer:
 
     def __init__(self, config: TrainConfig, data: ImageData, device: torch.device, log: Log):
         self.config, self.data, self.device, self.log = config, data, device, log
+        self.progress = Progress(config.quiet, log)
         self.model = build_model(config, data.num_classes).to(device)
         two_stage = config.loss in ("supcon", "excon")
         self.head = projection_head(self.model.feature_dim).to(device) if two_stage else None
@@ -205,12 +195,8 @@ class Trainer:
             self.log(f"[{self.config.loss}] {phase} epoch {epoch + 1}/{epochs}: {values}")
 
     def _progress(self, phase: str, epoch: int, epochs: int) -> Iterator:
-        if self.config.quiet or not sys.stderr.isatty():
-            return iter(self.train_loader)
-        from tqdm.auto import tqdm
-
-        desc = f"{self.config.loss} {phase} {epoch + 1}/{epochs}"
-        return iter(tqdm(self.train_loader, desc=desc, leave=False, dynamic_ncols=True))
+        desc = f"[{self.config.loss}] {phase} epoch {epoch + 1}/{epochs}"
+        return self.progress(self.train_loader, len(self.train_loader), desc)
 
     def _update(
         self,
@@ -311,103 +297,11 @@ class Trainer:
 
     @torch.no_grad()
     def test_accuracy(self) -> float:
-        logits = predict(self.model, self.data.test, self.aug, self.config.batch_size, self.device)
+        logits = predict(
+            self.model, self.data.test, self.aug, self.config.batch_size, self.device,
+            self.progress,
+        )  # fmt: skip
         return M.accuracy(logits, self.data.test.labels)
-
-
-# --- evaluation ---------------------------------------------------------------------------------
-
-
-@torch.no_grad()
-def predict(
-    model: Net, split: Split, aug: Augmenter, batch_size: int, device: torch.device
-) -> torch.Tensor:
-    """Logits [N, C] (fp32, on the CPU) of a split's plain views, in eval mode."""
-    was_training = model.training
-    model.eval()
-    out = [
-        model(aug.plain(images.to(device))).float().cpu()
-        for images, _ in loader(split, batch_size, shuffle=False)
-    ]
-    model.train(was_training)
-    return torch.cat(out) if out else torch.zeros(0, model.fc.out_features)
-
-
-def _metric_batches(
-    data: ImageData, count: int, batch_size: int
-) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]:
-    """(uint8 images, labels, masks or None) of the first ``count`` test images."""
-    done = 0
-    for images, labels in loader(data.test, batch_size, shuffle=False):
-        if done >= count:
-            return
-        take = min(len(labels), count - done)
-        masks = None if data.test.masks is None else data.test.masks[done : done + take]
-        yield images[:take], labels[:take], masks
-        done += take
-
-
-def evaluate(model: Net, data: ImageData, config: TrainConfig, device: torch.device) -> dict:
-    """Accuracy and ECE on the test split; explanation metrics on its first
-    ``metric_images`` images, from Grad-CAM (mean weighting, ReLU) at the model's last map.
-
-    Content heatmap and pointing game (data with masks) and insertion / deletion explain the
-    ground-truth class (CGC's protocol; the causal games score the top-1 class); Average
-    Drop / Increase explain the predicted class (ExCon's). Values are fractions in [0, 1]."""
-    model.eval()
-    aug = Augmenter(data.mean, data.std, config.image_size)
-    logits = predict(model, data.test, aug, config.batch_size, device)
-    labels = data.test.labels
-    result = {
-        "accuracy": M.accuracy(logits, labels),
-        "ece": M.expected_calibration_error(logits.softmax(dim=1), labels),
-    }
-    cam = GradCAM(model, model.cam_layer, output_size=config.image_size)
-    parts: dict[str, list[torch.Tensor]] = {}
-    for images, targets, masks in _metric_batches(data, config.metric_images, config.batch_size):
-        x = aug.plain(images.to(device))
-        targets = targets.to(device)
-        truth = cam.explain(x, targets).maps
-        predicted = cam.explain(x).maps
-        if masks is not None:
-            masks = masks.to(device)
-            parts.setdefault("content_heatmap", []).append(M.content_heatmap(truth, masks))
-            parts.setdefault("pointing_game", []).append(
-                M.pointing_game(truth, masks, config.pointing_tolerance)
-            )
-        insertion, deletion = M.insertion_deletion_auc(model, x, truth, step=config.insertion_step)
-        drop, increase = M.average_drop_increase(model, x, predicted)
-        for name, value in (
-            ("insertion_auc", insertion),
-            ("deletion_auc", deletion),
-            ("average_drop", drop),
-            ("increase_rate", increase),
-        ):
-            parts.setdefault(name, []).append(value)
-    for name, values in parts.items():
-        result[name] = torch.cat(values).float().nanmean().item()
-    return result
-
-
-def examples(model: Net, data: ImageData, config: TrainConfig, device: torch.device) -> Examples:
-    """``figure_images`` test images, one per class in turn, with their Grad-CAMs."""
-    seen: dict[int, int] = {}
-    rank = []
-    for label in data.test.labels.tolist():
-        rank.append(seen.get(label, 0))
-        seen[label] = rank[-1] + 1
-    order = sorted(range(len(rank)), key=lambda i: (rank[i], i))
-    index = torch.tensor(order[: config.figure_images], dtype=torch.long)
-    images = torch.stack([data.test.dataset[int(i)][0] for i in index])
-    aug = Augmenter(data.mean, data.std, config.image_size)
-    model.eval()
-    x = aug.plain(images.to(device))
-    cam = GradCAM(model, model.cam_layer, normalize="max", output_size=config.image_size)
-    maps, logits, targets = cam.explain(x, data.test.labels[index].to(device))
-    masks = None if data.test.masks is None else data.test.masks[index]
-    return Examples(
-        aug.to_unit(images), maps.cpu(), targets.cpu(), logits.argmax(dim=1).cpu(), masks
-    )
 
 
 # --- checkpoints ----------------------------------------------------------------------------------
@@ -468,7 +362,7 @@ def train(
     trainer = Trainer(config, data, device, log)
     history = trainer.fit()
     train_seconds = time.perf_counter() - start
-    metrics = evaluate(trainer.model, data, config, device)
+    metrics = evaluate(trainer.model, data, config, device, log)
     metrics["train_seconds"] = round(train_seconds, 2)
     metrics["eval_seconds"] = round(time.perf_counter() - start - train_seconds, 2)
     result = RunResult(

@@ -6,8 +6,16 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .._dispatch import Call
 from ._common import normalize_rows, upcast
 from .gradcam import normalize_maps, resize_maps
+
+
+def refusals(call: Call) -> list[str]:
+    """The literal pipeline slices each map at the values of crops, which meta tensors lack."""
+    if call.device.type == "meta":
+        return ["crops each map at the values of crops, which meta tensors do not have"]
+    return []
 
 
 def transform_map(sal: torch.Tensor, crop: list[int], flip: bool, size: int) -> torch.Tensor:

@@ -63,9 +63,15 @@ def record_launches() -> Iterator[list[Launch]]:
 
 
 def launch(kernel: Any, grid: tuple[int, ...], *args: Any, **kwargs: Any) -> None:
-    """Launch through torch.library.wrap_triton, so torch.compile traces the kernel."""
+    """Launch through torch.library.wrap_triton, so torch.compile traces the kernel.
+
+    Nothing launches on meta tensors: they have no data, and the launcher's allocations are
+    already the shape inference.
+    """
     if _recorded:
         _recorded[-1].append(Launch(kernel, tuple(grid), args, kwargs))
+        return
+    if any(isinstance(a, torch.Tensor) and a.device.type == "meta" for a in args):
         return
     torch.library.wrap_triton(kernel)[grid](*args, **kwargs)
 
