@@ -10,6 +10,7 @@ A batch of zero gives a zero loss or an empty output.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
@@ -30,13 +31,51 @@ from ._spec import (
 
 __all__ = list(OPS)  # one public function per op spec
 
+#: The device types whose autocast state :func:`run` reads.
+AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
+
 _amc, _supcon, _gradcam, _cgc, _saliency = (
     spec.defaults for spec in (AMC_LOSS, SUPCON_LOSS, GRADCAM, CGC_LOSS, SALIENCY_MASK)
 )
 
 
 def run(spec: OpSpec, backend: str | None, **arguments: Any) -> Any:
-    """Validate `arguments` by `spec`, choose the backend from metadata only, and call it."""
+    """Validate `arguments` by `spec`, choose the backend from metadata only, and call it.
+
+    Under ``torch.autocast`` for the inputs' device type, the floating tensor arguments are
+    first cast to their widest dtype (autocast's "promote" rule) and the op runs with autocast
+    off: the kernels compute in fp32 anyway, and nothing inside them is recast.
+    """
+    device_type = autocast_device_type(spec, arguments)
+    if device_type is None:
+        return _validated_call(spec, backend, arguments)
+    with torch.autocast(device_type, enabled=False):
+        return _validated_call(spec, backend, promoted(spec, arguments))
+
+
+def autocast_device_type(spec: OpSpec, arguments: dict[str, Any]) -> str | None:
+    """The device type of the first tensor argument if autocast is on for it, else None."""
+    first = arguments.get(spec.tensors[0])
+    if not isinstance(first, torch.Tensor) or first.device.type not in AUTOCAST_DEVICE_TYPES:
+        return None
+    return first.device.type if torch.is_autocast_enabled(first.device.type) else None
+
+
+def promoted(spec: OpSpec, arguments: dict[str, Any]) -> dict[str, Any]:
+    """`arguments` with the floating tensors among the spec's tensors cast to their widest
+    dtype (fp16 with bf16 gives fp32); other arguments unchanged."""
+    floating = [
+        name
+        for name in spec.tensors
+        if isinstance(arguments.get(name), torch.Tensor) and arguments[name].is_floating_point()
+    ]
+    if not floating:
+        return arguments
+    dtype = functools.reduce(torch.promote_types, (arguments[name].dtype for name in floating))
+    return arguments | {name: arguments[name].to(dtype) for name in floating}
+
+
+def _validated_call(spec: OpSpec, backend: str | None, arguments: dict[str, Any]) -> Any:
     arguments = spec.validate(arguments)
     tensors = [arguments[name] for name in spec.tensors if arguments[name] is not None]
     options = {o.name: arguments[o.name] for o in spec.options}
