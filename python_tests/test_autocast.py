@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 import torch
+from _helpers import skip_unless_usable
 
 import amc_kernels
 from amc_kernels import functional
@@ -18,17 +19,6 @@ BACKENDS = [
 ]
 AUTOCAST_DTYPES = [pytest.param(torch.float16, id="fp16"), pytest.param(torch.bfloat16, id="bf16")]
 LOSSES = ("amc_loss", "supcon_loss", "cgc_loss")
-
-
-def _skip_unusable(backend: str, device: torch.device) -> None:
-    if backend == "triton":
-        pytest.importorskip("triton")
-        if device.type == "cpu" and not amc_kernels._dispatch.interpreter_enabled():
-            pytest.skip("Triton on CPU needs TRITON_INTERPRET=1")
-    if backend == "cpp" and device.type != "cpu":
-        pytest.skip("cpp runs CPU tensors")
-    if backend == "cpp" and not amc_kernels._extension.available():
-        pytest.skip("amc_kernels._C is not built")
 
 
 def _run(
@@ -68,7 +58,7 @@ def test_op_under_autocast_equals_the_op_outside(
     # fp32 inputs: autocast changes nothing. The compiled backends also give the same gradients
     # when the backward runs inside the autocast region (`loss.backward()` inside the `with`
     # block); the reference's backward is PyTorch's own and, as any, follows autocast there.
-    _skip_unusable(backend, device)
+    skip_unless_usable(backend, device)
     arguments = make_inputs(op, device, torch.float32, small=True)
     expected = _run(op, backend, arguments, None, False)
     for backward_inside in (False, True) if backend != "reference" else (False,):
@@ -84,7 +74,7 @@ def test_op_under_autocast_equals_the_op_outside(
 def test_mixed_dtypes_under_autocast_are_promoted(backend: str, device: torch.device) -> None:
     # An autocast model gives bf16 activations while the linear head's weight stays fp32: under
     # autocast the op runs on both in fp32 (autocast's "promote" rule), as torch.cat does.
-    _skip_unusable(backend, device)
+    skip_unless_usable(backend, device)
     arguments = make_inputs("class_activation_map", device, torch.float32, small=True)
     mixed = arguments | {"activations": arguments["activations"].bfloat16().float()}
     expected = functional.class_activation_map(**mixed, backend=backend)
@@ -102,7 +92,7 @@ def test_low_precision_losses_under_autocast_return_fp32(
     backend: str, device: torch.device
 ) -> None:
     # bf16 features (an autocast head's output): fp32 loss and the same value as outside.
-    _skip_unusable(backend, device)
+    skip_unless_usable(backend, device)
     for op in LOSSES:
         arguments = make_inputs(op, device, torch.bfloat16, small=True)
         expected = getattr(functional, op)(**arguments, backend=backend)
