@@ -116,6 +116,14 @@ def in_range(op: str, name: str, value: object, low: float, high: float) -> floa
     return number
 
 
+def between(op: str, name: str, value: object, low: float, high: float) -> float:
+    """low ≤ value ≤ high."""
+    number = real(op, name, value)
+    if not low <= number <= high:
+        raise ValueError(f"{op}: {name} must be in [{low}, {high}], got {value}")
+    return number
+
+
 def positive_int(op: str, name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}")

@@ -1,7 +1,8 @@
 """Options that the public functions implement around an op, identically for every backend
-(docs/design.md#23-supcon_loss): a tensor (learnable) temperature, supcon_loss's ``ignore_index``
-and ``no_positive="drop"``. Each is an exact rewrite of the call into one that the backends
-already compute, so every backend (cuda included) gets it with no kernel of its own.
+(docs/design.md#23-supcon_loss): a tensor (learnable) temperature, supcon_loss's
+``ignore_index`` and ``no_positive="drop"``, and the exact answer on flat maps (saliency_mask,
+gradcam, cgc_loss). Each is an exact rewrite of the call into one that the backends already
+compute, so every backend (cuda included) gets it with no kernel of its own.
 
 A lowering takes the validated arguments (the spec's options and its ``frontend`` options) and
 ``call``, which runs the op's backend on arguments without frontend options; it returns the
@@ -10,6 +11,7 @@ user's result.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -104,4 +106,47 @@ def _anchors_with_positives(
     return (label_counts(labels) >= 2).sum().clamp_min(1).to(like.dtype)
 
 
-LOWERINGS: dict[str, Callable[[Arguments, Call], Any]] = {"supcon_loss": supcon_loss}
+# --- flat maps: the defined answer (docs/design.md#2-public-api) ---
+#
+# Resizing a flat (constant) map gives exactly that constant, so its min–max normalisation is
+# 0 everywhere; the kernels' bilinear taps w0·v + w1·v round it to v ± an ulp, which ε = 1e-8
+# then amplifies to O(1). Each op below returns the exact answer instead, on every backend.
+
+
+def saliency_mask(a: Arguments, call: Call) -> tuple[torch.Tensor, torch.Tensor]:
+    """A flat saliency map has e ≡ 0 (nothing above any threshold; top_fraction takes the
+    first pixels): it is passed as the zero map, which every backend resizes exactly."""
+    saliency = a["saliency"]
+    flat = saliency.amax(dim=(1, 2), keepdim=True) == saliency.amin(dim=(1, 2), keepdim=True)
+    a["saliency"] = torch.where(flat, torch.zeros_like(saliency), saliency)
+    return call(a)
+
+
+def gradcam(a: Arguments, call: Call) -> torch.Tensor:
+    """1×1 maps are flat: "minmax" gives exactly 0 (gradient 0) at any output size."""
+    activations, gradients = a["activations"], a["gradients"]
+    batch, _, height, width = activations.shape
+    if a["normalize"] != "minmax" or height * width != 1:
+        return call(a)
+    out_height, out_width = a["output_size"] or (1, 1)
+    graph = (activations.sum() + gradients.sum()) * 0.0  # zero gradients of both inputs
+    return activations.new_zeros((batch, out_height, out_width)) + graph
+
+
+def cgc_loss(a: Arguments, call: Call) -> torch.Tensor:
+    """On 1×1 maps every û_b and v̂_b is the same constant unit vector (whatever the maps,
+    crops and flips), so every logit is 1/τ: the loss is exactly log B with a zero gradient."""
+    cam_orig, cam_aug = a["cam_orig"], a["cam_aug"]
+    if cam_orig.shape[1] * cam_orig.shape[2] != 1 or cam_orig.shape[0] == 0:
+        return call(a)
+    dtype = compute_dtype(cam_orig.dtype)
+    graph = (cam_orig.to(dtype).sum() + cam_aug.to(dtype).sum()) * 0.0
+    return graph + math.log(cam_orig.shape[0])
+
+
+LOWERINGS: dict[str, Callable[[Arguments, Call], Any]] = {
+    "supcon_loss": supcon_loss,
+    "saliency_mask": saliency_mask,
+    "gradcam": gradcam,
+    "cgc_loss": cgc_loss,
+}

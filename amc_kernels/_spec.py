@@ -141,6 +141,10 @@ def optional_fraction(op: str, name: str, value: object) -> float | None:
     return None if value is None else check.in_range(op, name, value, 0.0, 1.0)
 
 
+def unit_interval(op: str, name: str, value: object) -> float:
+    return check.between(op, name, value, 0.0, 1.0)
+
+
 def optional_size(op: str, name: str, value: object) -> tuple[int, int] | None:
     return None if value is None else check.size_pair(op, name, value)
 
@@ -308,6 +312,12 @@ def _saliency_mask(a: Arguments) -> None:
     _pixels(op, "saliency", saliency)
     check.same_device(op, "saliency", saliency, "images", images)
     check.finite_values(op, "saliency", saliency)
+    largest = torch.finfo(images.dtype).max
+    if abs(a["fill"]) > largest:
+        raise ValueError(
+            f"{op}: fill = {a['fill']} overflows the images' dtype {images.dtype} (largest "
+            f"finite value {largest:g}); use a fill within ±{largest:g} or convert the images"
+        )
     a.update(images=images, saliency=saliency)
 
 
@@ -379,7 +389,7 @@ SALIENCY_MASK = OpSpec(
     "saliency_mask",
     ("images", "saliency"),
     (
-        Option("threshold", 0.5, check.real),
+        Option("threshold", 0.5, unit_interval),  # e ∈ [0, 1): outside, all or nothing
         Option("top_fraction", None, optional_fraction, kernel=lambda v: -1.0 if v is None else v),
         Option("fill", 0.0, check.real),
     ),
