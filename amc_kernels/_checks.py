@@ -118,6 +118,14 @@ def in_range(op: str, name: str, value: object, low: float, high: float) -> floa
     return number
 
 
+def between(op: str, name: str, value: object, low: float, high: float) -> float:
+    """low ≤ value ≤ high."""
+    number = real(op, name, value)
+    if not low <= number <= high:
+        raise ValueError(f"{op}: {name} must be in [{low}, {high}], got {value}")
+    return number
+
+
 def positive_int(op: str, name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral):
         raise TypeError(f"{op}: {name} must be an int, got {type(value).__name__}")
@@ -150,6 +158,14 @@ def finite_values(op: str, name: str, x: torch.Tensor) -> None:
             f"{op}: {name} contains NaN or infinite values; check the model's outputs "
             f"(or set {ENV_CHECK_VALUES}=0 to skip this check)"
         )
+
+
+def positive_values(op: str, name: str, x: torch.Tensor) -> None:
+    """Every entry finite and > 0 (a tensor-valued temperature)."""
+    if value_checks_enabled() and x.numel():
+        low, high = (float(v) for v in torch.stack(torch.aminmax(x.detach())).tolist())
+        if not (low > 0 and math.isfinite(high)):
+            raise ValueError(f"{op}: {name} must be finite and > 0, got {x.detach().tolist()}")
 
 
 def index_values(op: str, name: str, x: torch.Tensor, upper: int, upper_name: str) -> None:

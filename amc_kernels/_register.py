@@ -16,7 +16,9 @@ protocol, the op's spec (docs/design.md#31-one-contract-per-op):
 shapes of its forward, read off the spec (the triton ops need none: ``triton_op`` traces the
 launcher); :func:`register_autograd` registers the autograd formula of a forward op and the
 clear error of differentiating its backward; :func:`forward_function` is the implementation that
-the dispatcher calls with the spec's arguments by keyword.
+the dispatcher calls with the spec's arguments by keyword. Both also register every forward and
+backward op to run with autocast off (:func:`run_without_autocast`), so that nothing a kernel
+calls inside is recast by ``torch.autocast`` (the public functions promote the inputs first).
 """
 
 from __future__ import annotations
@@ -28,13 +30,41 @@ import torch
 
 from ._spec import Arguments, OpSpec
 
+#: The autocast dispatch keys that :func:`run_without_autocast` covers.
+AUTOCAST_KEYS = ("AutocastCPU", "AutocastCUDA")
+_LIBRARY = torch.library.Library("amc_kernels", "IMPL")
+
 
 def library_op(name: str) -> Any:
     return getattr(torch.ops.amc_kernels, name)
 
 
+def run_without_autocast(name: str) -> None:
+    """amc_kernels::<name> under torch.autocast runs as it does outside, its inputs uncast.
+
+    A kernel's inner ATen calls (a GEMM, a conversion) would otherwise be recast to fp16/bf16
+    by autocast: the CPU kernels then read a buffer of the wrong dtype. As
+    torch.library.register_autocast, but without casting the inputs.
+    """
+    op = library_op(name).default
+    for key_name in AUTOCAST_KEYS:
+        key = getattr(torch._C.DispatchKey, key_name)
+
+        def without_autocast(*args: Any, key: Any = key) -> Any:
+            with torch._C._ExcludeDispatchKeyGuard(torch._C.DispatchKeySet(key)):
+                return op(*args)
+
+        op.py_kernels.pop(key, None)  # the Python dispatcher's (tracing), replaced on reload
+        op.py_impl(key)(without_autocast)
+        _LIBRARY.impl(
+            name, lambda _, *args, f=without_autocast: f(*args), key_name, with_keyset=True
+        )
+
+
 def forward_function(spec: OpSpec, fwd: str) -> Callable[..., Any]:
     """The spec's arguments by keyword → the forward op → the user's result(s)."""
+
+    run_without_autocast(fwd)
 
     def run(**arguments: Any) -> Any:
         outputs = library_op(fwd)(*spec.kernel_arguments(arguments))
@@ -116,6 +146,7 @@ def register_autograd(
 
     torch.library.register_autograd(f"amc_kernels::{fwd}", backward, setup_context=setup_context)
     forbid_double_backward(spec, bwd, backend)
+    run_without_autocast(bwd)
 
 
 def forbid_double_backward(spec: OpSpec, bwd: str, backend: str) -> None:

@@ -9,6 +9,7 @@ tests and benchmarks their inputs. Each default and each constant of the math is
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import SimpleNamespace
@@ -29,6 +30,9 @@ MAP_EPS = 1e-8
 
 REDUCTIONS = ("mean", "sum", "none")
 GRADCAM_NORMALIZATIONS = (None, "max", "minmax", "sum")
+#: supcon_loss's anchors without a positive: "count" (loss 0, counted in the mean: SupContrast)
+#: or "drop" (left out of the mean: pytorch-metric-learning).
+NO_POSITIVE = ("count", "drop")
 
 Arguments = dict[str, Any]
 
@@ -60,10 +64,17 @@ class OpSpec:
     differentiable: tuple[str, ...] = ()  # tensor arguments that receive gradients
     results: int = 1  # leading outputs of the forward op that the user gets
     saved: tuple[str, ...] = ()  # further forward outputs, saved for the backward
+    #: Options that the public function implements around the op, for every backend
+    #: (amc_kernels/_composite.py); the backends never see them.
+    frontend: tuple[Option, ...] = ()
+
+    @property
+    def all_options(self) -> tuple[Option, ...]:
+        return self.options + self.frontend
 
     @property
     def defaults(self) -> SimpleNamespace:
-        return SimpleNamespace(**{o.name: o.default for o in self.options})
+        return SimpleNamespace(**{o.name: o.default for o in self.all_options})
 
     @property
     def differentiable_positions(self) -> tuple[int, ...]:
@@ -71,11 +82,12 @@ class OpSpec:
 
     def check_options(self, options: Arguments) -> Arguments:
         """Every option checked and canonicalised (missing ones take their defaults)."""
-        unknown = set(options) - {o.name for o in self.options}
+        unknown = set(options) - {o.name for o in self.all_options}
         if unknown:
             raise TypeError(f"{self.name}: unknown options {sorted(unknown)}")
         return {
-            o.name: o.check(self.name, o.name, options.get(o.name, o.default)) for o in self.options
+            o.name: o.check(self.name, o.name, options.get(o.name, o.default))
+            for o in self.all_options
         }
 
     def validate(self, arguments: Arguments) -> Arguments:
@@ -104,8 +116,33 @@ def one_of(*choices: object) -> Callable[[str, str, Any], Any]:
     return checked
 
 
+def temperature(op: str, name: str, value: object) -> float | torch.Tensor:
+    """A number > 0, or a 0-d floating tensor (a learnable temperature; its gradient is exact)."""
+    if not isinstance(value, torch.Tensor):
+        return check.positive(op, name, value)
+    check.floating(op, name, value)
+    if value.dim() != 0:
+        raise ValueError(
+            f"{op}: {name} must be a number or a 0-d tensor, got shape {tuple(value.shape)}; "
+            f"use {name}.reshape(())"
+        )
+    return value  # its value is checked with the tensors (after their device)
+
+
+def optional_index(op: str, name: str, value: object) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{op}: {name} must be an int or None, got {type(value).__name__}")
+    return int(value)
+
+
 def optional_fraction(op: str, name: str, value: object) -> float | None:
     return None if value is None else check.in_range(op, name, value, 0.0, 1.0)
+
+
+def unit_interval(op: str, name: str, value: object) -> float:
+    return check.between(op, name, value, 0.0, 1.0)
 
 
 def optional_size(op: str, name: str, value: object) -> tuple[int, int] | None:
@@ -153,6 +190,12 @@ def _pixels(op: str, name: str, x: torch.Tensor) -> None:
         )
 
 
+def _tensor_temperature(op: str, tau: object, other_name: str, other: torch.Tensor) -> None:
+    if isinstance(tau, torch.Tensor):
+        check.same_device(op, "temperature", tau, other_name, other)
+        check.positive_values(op, "temperature", tau)
+
+
 def _angular_distance(a: Arguments) -> None:
     op = "angular_distance"
     x = a["x"] = _features(op, "x", a["x"], (2,), "[N, D]")
@@ -188,6 +231,12 @@ def _supcon_loss(a: Arguments) -> None:
         check.size(op, "negatives", negatives, 1, features.shape[-1], "the feature size D")
         check.finite_values(op, "negatives", negatives)
     check.finite_values(op, "features", features)
+    _tensor_temperature(op, a["temperature"], "features", features)
+    if a["ignore_index"] is not None and a["labels"] is None:
+        raise ValueError(
+            f"{op}: ignore_index needs labels (without labels, SimCLR, no sample is ignored); "
+            f"pass labels or ignore_index=None"
+        )
     a["features"] = features.unsqueeze(1) if features.dim() == 2 else features
 
 
@@ -263,6 +312,12 @@ def _saliency_mask(a: Arguments) -> None:
     _pixels(op, "saliency", saliency)
     check.same_device(op, "saliency", saliency, "images", images)
     check.finite_values(op, "saliency", saliency)
+    largest = torch.finfo(images.dtype).max
+    if abs(a["fill"]) > largest:
+        raise ValueError(
+            f"{op}: fill = {a['fill']} overflows the images' dtype {images.dtype} (largest "
+            f"finite value {largest:g}); use a fill within ±{largest:g} or convert the images"
+        )
     a.update(images=images, saliency=saliency)
 
 
@@ -286,7 +341,7 @@ SUPCON_LOSS = OpSpec(
     "supcon_loss",
     ("features", "labels", "negatives"),
     (
-        Option("temperature", 0.1, check.positive),
+        Option("temperature", 0.1, temperature),
         Option("base_temperature", 0.07, check.positive),
         Option("contrast_mode", "all", one_of("all", "one")),
         Option("normalize", True, one_of(True, False), kernel=bool),
@@ -295,6 +350,10 @@ SUPCON_LOSS = OpSpec(
     _supcon_loss,
     differentiable=("features", "negatives"),
     saved=("lse",),
+    frontend=(
+        Option("no_positive", "count", one_of(*NO_POSITIVE)),
+        Option("ignore_index", None, optional_index),
+    ),
 )
 GRADCAM = OpSpec(
     "gradcam",
@@ -330,7 +389,7 @@ SALIENCY_MASK = OpSpec(
     "saliency_mask",
     ("images", "saliency"),
     (
-        Option("threshold", 0.5, check.real),
+        Option("threshold", 0.5, unit_interval),  # e ∈ [0, 1): outside, all or nothing
         Option("top_fraction", None, optional_fraction, kernel=lambda v: -1.0 if v is None else v),
         Option("fill", 0.0, check.real),
     ),

@@ -10,11 +10,13 @@ A batch of zero gives a zero loss or an empty output.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import torch
 
 from . import _dispatch
+from ._composite import LOWERINGS
 from ._dispatch import Call
 from ._spec import (
     AMC_LOSS,
@@ -30,14 +32,60 @@ from ._spec import (
 
 __all__ = list(OPS)  # one public function per op spec
 
+#: The device types whose autocast state :func:`run` reads.
+AUTOCAST_DEVICE_TYPES = ("cpu", "cuda")
+
 _amc, _supcon, _gradcam, _cgc, _saliency = (
     spec.defaults for spec in (AMC_LOSS, SUPCON_LOSS, GRADCAM, CGC_LOSS, SALIENCY_MASK)
 )
 
 
 def run(spec: OpSpec, backend: str | None, **arguments: Any) -> Any:
-    """Validate `arguments` by `spec`, choose the backend from metadata only, and call it."""
+    """Validate `arguments` by `spec`, choose the backend from metadata only, and call it.
+
+    Under ``torch.autocast`` for the inputs' device type, the floating tensor arguments are
+    first cast to their widest dtype (autocast's "promote" rule) and the op runs with autocast
+    off: the kernels compute in fp32 anyway, and nothing inside them is recast.
+    """
+    device_type = autocast_device_type(spec, arguments)
+    if device_type is None:
+        return _validated_call(spec, backend, arguments)
+    with torch.autocast(device_type, enabled=False):
+        return _validated_call(spec, backend, promoted(spec, arguments))
+
+
+def autocast_device_type(spec: OpSpec, arguments: dict[str, Any]) -> str | None:
+    """The device type of the first tensor argument if autocast is on for it, else None."""
+    first = arguments.get(spec.tensors[0])
+    if not isinstance(first, torch.Tensor) or first.device.type not in AUTOCAST_DEVICE_TYPES:
+        return None
+    return first.device.type if torch.is_autocast_enabled(first.device.type) else None
+
+
+def promoted(spec: OpSpec, arguments: dict[str, Any]) -> dict[str, Any]:
+    """`arguments` with the floating tensors among the spec's tensors cast to their widest
+    dtype (fp16 with bf16 gives fp32); other arguments unchanged."""
+    floating = [
+        name
+        for name in spec.tensors
+        if isinstance(arguments.get(name), torch.Tensor) and arguments[name].is_floating_point()
+    ]
+    if not floating:
+        return arguments
+    dtype = functools.reduce(torch.promote_types, (arguments[name].dtype for name in floating))
+    return arguments | {name: arguments[name].to(dtype) for name in floating}
+
+
+def _validated_call(spec: OpSpec, backend: str | None, arguments: dict[str, Any]) -> Any:
     arguments = spec.validate(arguments)
+    lowering = LOWERINGS.get(spec.name)
+    if lowering is None:
+        return _dispatched(spec, backend, arguments)
+    return lowering(arguments, lambda lowered: _dispatched(spec, backend, lowered))
+
+
+def _dispatched(spec: OpSpec, backend: str | None, arguments: dict[str, Any]) -> Any:
+    """The backend chosen for the validated `arguments` (frontend options removed), called."""
     tensors = [arguments[name] for name in spec.tensors if arguments[name] is not None]
     options = {o.name: arguments[o.name] for o in spec.options}
     shapes = tuple(tuple(t.shape) for t in tensors)
@@ -105,12 +153,14 @@ def supcon_loss(
     features: torch.Tensor,
     labels: torch.Tensor | None = None,
     *,
-    temperature: float = _supcon.temperature,
+    temperature: float | torch.Tensor = _supcon.temperature,
     base_temperature: float = _supcon.base_temperature,
     contrast_mode: str = _supcon.contrast_mode,
     negatives: torch.Tensor | None = None,
     normalize: bool = _supcon.normalize,
     reduction: str = _supcon.reduction,
+    no_positive: str = _supcon.no_positive,
+    ignore_index: int | None = _supcon.ignore_index,
     backend: str | None = None,
 ) -> torch.Tensor:
     """Supervised contrastive loss (Khosla et al., 2020), as SupContrast's ``losses.py``.
@@ -120,16 +170,23 @@ def supcon_loss(
     or view 0 ("one", A = N). With l_ac = ⟨z_a, z_c⟩ / T:
         loss_a = −(T / T_base) · mean_{c ∈ P(a)} [l_ac − log Σ_{c' ≠ a} exp(l_ac')],
     P(a) = the non-self view rows with the anchor's label (its other views when labels is
-    None, i.e. SimCLR / NT-Xent). An anchor with no positive contributes 0 and still counts.
+    None, i.e. SimCLR / NT-Xent). An anchor with no positive contributes 0 and still counts
+    (``no_positive="count"``, SupContrast) or is left out of the mean (``"drop"``, as
+    pytorch-metric-learning; 0 when no anchor has a positive).
 
     Args:
         features: [N, V, D] or [N, D] (V = 1).
         labels: [N] integers, or None.
-        temperature, base_temperature: T > 0 and T_base > 0.
+        temperature: T > 0, a number or a 0-d tensor (learnable, e.g. an nn.Parameter: its
+            gradient is exact). base_temperature: T_base > 0.
         contrast_mode: "all" or "one".
         negatives: [M, D] extra negatives (ExCon backgrounds, memory banks), or None.
         normalize: L2-normalise features and negatives (eps 1e-12) first.
         reduction: "mean" over anchors, "sum", or "none" ([A]).
+        no_positive: "count" or "drop" (changes only the "mean").
+        ignore_index: samples with this label take no part (neither anchors, positives nor
+            negatives; zero gradient); "mean" is over the other anchors, "none" gives 0 at
+            theirs. Needs labels; costs one host synchronisation (the kept count).
     Returns:
         A scalar or [A]; fp32 for fp16/bf16 features.
     """
@@ -144,6 +201,8 @@ def supcon_loss(
         contrast_mode=contrast_mode,
         normalize=normalize,
         reduction=reduction,
+        no_positive=no_positive,
+        ignore_index=ignore_index,
     )
 
 

@@ -63,16 +63,19 @@ class AMCLoss(nn.Module):
 class SupConLoss(nn.Module):
     """Module form of :func:`amc_kernels.supcon_loss`.
 
-    forward(features [N, V, D] or [N, D], labels [N] or None, negatives [M, D] or None).
+    forward(features [N, V, D] or [N, D], labels [N] or None, negatives [M, D] or None). A
+    learnable temperature: pass an ``nn.Parameter`` (0-d), which becomes this module's.
     """
 
     def __init__(
         self,
-        temperature: float = _supcon.temperature,
+        temperature: float | torch.Tensor = _supcon.temperature,
         base_temperature: float = _supcon.base_temperature,
         contrast_mode: str = _supcon.contrast_mode,
         normalize: bool = _supcon.normalize,
         reduction: str = _supcon.reduction,
+        no_positive: str = _supcon.no_positive,
+        ignore_index: int | None = _supcon.ignore_index,
         backend: str | None = None,
     ) -> None:
         super().__init__()
@@ -84,10 +87,13 @@ class SupConLoss(nn.Module):
             contrast_mode=contrast_mode,
             normalize=normalize,
             reduction=reduction,
+            no_positive=no_positive,
+            ignore_index=ignore_index,
         )
         self.temperature, self.base_temperature = temperature, base_temperature
         self.contrast_mode, self.normalize = contrast_mode, normalize
-        self.reduction, self.backend = reduction, backend
+        self.reduction, self.no_positive, self.ignore_index = reduction, no_positive, ignore_index
+        self.backend = backend
 
     def forward(
         self,
@@ -104,15 +110,27 @@ class SupConLoss(nn.Module):
             negatives=negatives,
             normalize=self.normalize,
             reduction=self.reduction,
+            no_positive=self.no_positive,
+            ignore_index=self.ignore_index,
             backend=self.backend,
         )
 
     def extra_repr(self) -> str:
         return (
-            f"temperature={self.temperature}, base_temperature={self.base_temperature}, "
+            f"temperature={_number(self.temperature)}, base_temperature={self.base_temperature}, "
             f"contrast_mode={self.contrast_mode!r}, normalize={self.normalize}, "
-            f"reduction={self.reduction!r}, backend={self.backend!r}"
+            f"reduction={self.reduction!r}, no_positive={self.no_positive!r}, "
+            f"ignore_index={self.ignore_index}, backend={self.backend!r}"
         )
+
+
+def _number(value: float | torch.Tensor) -> str:
+    """A temperature as extra_repr shows it: the number, or "tensor(...)" for a tensor one."""
+    if isinstance(value, torch.Tensor):
+        return (
+            f"tensor({value.detach().cpu().item():g})" if value.device.type != "meta" else "tensor"
+        )
+    return str(value)
 
 
 class CGCLoss(nn.Module):

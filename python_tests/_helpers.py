@@ -55,6 +55,19 @@ def assert_bad_input_raises(
     assert "backend" in kwargs or str(info.value).startswith(f"{op}: ")
 
 
+def skip_unless_usable(backend: str, device: torch.device | str = "cpu") -> None:
+    """Skip a test of `backend` on `device` where it cannot run here (no interpreter, no _C)."""
+    device_type = torch.device(device).type
+    if backend == "triton":
+        pytest.importorskip("triton")
+        if device_type == "cpu" and not amc_kernels._dispatch.interpreter_enabled():
+            pytest.skip("Triton on CPU needs TRITON_INTERPRET=1")
+    if backend == "cpp" and device_type != "cpu":
+        pytest.skip("cpp runs CPU tensors")
+    if backend == "cpp" and not amc_kernels._extension.available():
+        pytest.skip("amc_kernels._C is not built")
+
+
 def unless_cpp_is_refused(run: Callable[[], T]) -> T | None:
     """run() (a call with backend="cpp"), or None where cpp is refused; a refusal must name cpp
     and list the reference as usable."""

@@ -181,12 +181,6 @@ def test_cpp_cgc_property_matches_oracle(
 
 @pytest.mark.cpp
 @needs_cpp
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 15: on flat maps the loss is the constant log B and the gradient is 0 by "
-    "cancellation of terms of size 1/(τ·Σ up(c)); cpp leaves ~1e-9 where the reference leaves "
-    "5e-13. The defined answer for a flat map is still to be decided.",
-)
 def test_cpp_cgc_flat_maps_give_a_zero_gradient() -> None:
     cam_orig, cam_aug = cgc_maps(6, 1, 1, seed=339)  # one augmented map is 6.8e-7
     crops, flips = cgc_random_crops(6, 5, seed=339)

@@ -43,7 +43,8 @@ def supcon_loss(
         columns = torch.cat([contrast, normalize_rows(extra) if normalize else extra])
 
     if columns.shape[0] <= 1 or num_anchors == 0:  # no anchor, or one alone with no denominator
-        return reduce_loss(anchors.sum(dim=1) * 0.0, reduction)
+        # a zero loss whose graph reaches every input: zero gradients, [M, D] for negatives too
+        return reduce_loss(anchors.sum(dim=1) * 0.0 + columns.sum() * 0.0, reduction)
 
     logits = anchors @ columns.T / temperature
     rows = torch.arange(num_anchors, device=z.device)

@@ -346,7 +346,7 @@ SALIENCY_RULES = {
     "th-0.2": {"threshold": 0.2},
     "top-0.15": {"top_fraction": 0.15},
     "top-1": {"top_fraction": 1.0},
-    "th-negative": {"threshold": -0.5},
+    "th-0": {"threshold": 0.0},  # every pixel but the least salient
 }
 
 
