@@ -7,6 +7,9 @@ Switches (docs/design.md#8-build-and-wheels):
   TORCH_CUDA_ARCH_LIST        default: the visible GPUs' capabilities, else "8.0;9.0+PTX"
   MAX_JOBS                    default: the number of cores
   CUDA_HOME / CUDA_PATH       toolkit root; else /usr/local/cuda, accepted only with its headers
+  AMC_KERNELS_LOCAL_VERSION   1/0: add the build's local version label or not; default: add it
+                              except in an sdist and in builds from an sdist, whose versions
+                              must stay the sdist's for pip
 
 The wheel's version names its build (0.2.0+cu130.torch2.14), amc_kernels/_build_info.json beside
 _C records what it was built against (checked at import, before _C loads), and its platform tag
@@ -149,6 +152,14 @@ def extension(config: dict):
 def torch_release(version: str) -> str:
     """'2.14.1+cu130' -> '2.14': torch's C++ ABI changes between releases, not between patches."""
     return ".".join(version.split("+")[0].split(".")[:2])
+
+
+def wants_local_label() -> bool:
+    """Not for an sdist (it builds anywhere); by default not for a build from an sdist (it has
+    PKG-INFO), since pip requires the version its file name gives."""
+    if "sdist" in sys.argv:
+        return False
+    return env_flag("AMC_KERNELS_LOCAL_VERSION", not (ROOT / "PKG-INFO").is_file())
 
 
 def local_version(config: dict) -> str:
@@ -295,7 +306,7 @@ def main() -> None:
         }
         options = {"bdist_wheel": {"py_limited_api": "cp310"}}
     setup(
-        version=local_version(config),
+        version=local_version(config) if wants_local_label() else config["version"],
         packages=[*find_packages(include=["amc_kernels*"]), *PACKAGE_DIR],
         package_dir=PACKAGE_DIR,
         ext_modules=ext_modules,

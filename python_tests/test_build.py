@@ -7,6 +7,7 @@ from __future__ import annotations
 import importlib.util
 import math
 import platform
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -100,6 +101,21 @@ def test_the_local_version_names_the_build(
     config = {"version": "0.2.0", "build_cpp": build_cpp, "with_cuda": with_cuda}
     config |= {"torch": torch_version, "torch_cuda": "13.0"}
     assert setup_module_.local_version(config) == expected
+
+
+def test_sdists_and_builds_from_sdists_keep_the_plain_version(
+    setup_module_: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("AMC_KERNELS_LOCAL_VERSION", raising=False)
+    monkeypatch.setattr(setup_module_, "ROOT", tmp_path)  # a source tree: no PKG-INFO
+    monkeypatch.setattr(sys, "argv", ["setup.py", "bdist_wheel"])
+    assert setup_module_.wants_local_label()
+    (tmp_path / "PKG-INFO").write_text("Metadata-Version: 2.4\n")  # an unpacked sdist
+    assert not setup_module_.wants_local_label()
+    monkeypatch.setenv("AMC_KERNELS_LOCAL_VERSION", "1")
+    assert setup_module_.wants_local_label()
+    monkeypatch.setattr(sys, "argv", ["setup.py", "sdist"])
+    assert not setup_module_.wants_local_label()
 
 
 def test_symbol_versions_keep_the_newest_of_each_family(setup_module_: ModuleType) -> None:
