@@ -28,7 +28,11 @@ import sys
 from pathlib import Path
 
 from setuptools import find_packages, setup
-from setuptools.command.bdist_wheel import bdist_wheel
+
+try:
+    from setuptools.command.bdist_wheel import bdist_wheel
+except ImportError:  # setuptools < 70.1, where bdist_wheel lives in the wheel package
+    from wheel.bdist_wheel import bdist_wheel
 
 ROOT = Path(__file__).parent.resolve()
 DEFAULT_ARCH_LIST = "8.0;9.0+PTX"

@@ -87,9 +87,13 @@ def _describe_torch(version: str, cuda: str | None) -> str:
 
 
 def mismatch_message(record: dict, version: str, cuda: str | None, reasons: list[str]) -> str:
+    built = (
+        _describe_torch(record["torch"], record["torch_cuda"])
+        if record["cuda_kernels"]
+        else f"torch {record['torch']} (CPU kernels only)"
+    )
     return (
-        f"amc-kernels {record['amc_kernels']} was built for "
-        f"{_describe_torch(record['torch'], record['torch_cuda'])}, but this environment has "
+        f"amc-kernels {record['amc_kernels']} was built for {built}, but this environment has "
         f"{_describe_torch(version, cuda)}: its compiled kernels (amc_kernels._C) need "
         f"{' and '.join(reasons)}, and cannot load into this torch. Fix it in one of these ways:\n"
         f"  - install the torch it was built for:  {torch_install_command(record)}\n"

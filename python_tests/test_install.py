@@ -134,6 +134,17 @@ def test_a_wheel_for_another_torch_fails_at_import_with_the_fix(tmp_path: Path) 
     assert "invalid ELF header" not in done.stderr  # checked before _C was loaded
 
 
+def test_a_mismatch_of_cpu_kernels_asks_for_the_release_only() -> None:
+    record = record_for("2.13.0+cu126", "12.6", cuda_kernels=False)
+    message = _extension.mismatch_message(record, "2.14.1+cu130", "13.0", ["torch 2.13"])
+    assert message.startswith(
+        f"amc-kernels {record['amc_kernels']} was built for torch 2.13.0+cu126 (CPU kernels "
+        "only), but this environment has torch 2.14.1+cu130 (CUDA 13.0): its compiled kernels "
+        "(amc_kernels._C) need torch 2.13, and cannot load into this torch."
+    )
+    assert '  - install the torch it was built for:  pip install "torch==2.13.*"\n' in message
+
+
 # --- a missing or unloadable _C ---
 
 #: Imports amc_kernels, runs the reference (automatically, twice) and Triton, prints the
