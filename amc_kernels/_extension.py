@@ -140,16 +140,21 @@ def _load() -> str | None:
 
 
 @functools.cache
-def load_error() -> str | None:
-    """None when amc_kernels._C loaded; otherwise why it did not (warned about once)."""
+def _load_once() -> str | None:
     error = _load()
     if error is not None:
         warnings.warn(
             f"{error}. The cpp and cuda backends are off; reference and triton still work.",
             ExtensionWarning,
-            stacklevel=2,
+            stacklevel=3,
         )
     return error
+
+
+@torch.compiler.assume_constant_result  # reads files: torch.compile(fullgraph=True) folds it
+def load_error() -> str | None:
+    """None when amc_kernels._C loaded; otherwise why it did not (warned about once)."""
+    return _load_once()
 
 
 def available() -> bool:
