@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 BUILT := $(VENV)/.built
 SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h' 2>/dev/null)
 
-.PHONY: test demo lint build clean
+.PHONY: test demo lint build wheel sdist wheel-check clean
 
 test: $(BUILT)
 	$(PY) -m pytest
@@ -23,6 +23,20 @@ lint: $(INSTALLED)
 
 build: $(BUILT)
 
+# dist/amc_kernels-<version>+<cpu|cuNNN>.torch<X.Y>-cp310-abi3-manylinux_*.whl, against the torch of
+# .venv: the CPU kernels, and the CUDA kernels for TORCH_CUDA_ARCH_LIST (default 8.0;9.0+PTX)
+# when a toolkit is found (docs/design.md#8-build-and-wheels).
+wheel: $(INSTALLED)
+	$(PY) -m build --wheel --no-isolation
+
+sdist: $(INSTALLED)
+	$(PY) -m build --sdist --no-isolation
+
+# The sdist, the wheel built from it, and that wheel installed into a fresh environment beside
+# the pinned torch: `amc-kernels check` and the test suite run there (.ci/wheel_check.sh).
+wheel-check: $(INSTALLED)
+	BUILD_PYTHON=$(PY) .ci/wheel_check.sh
+
 $(INSTALLED): requirements-dev.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
@@ -34,4 +48,4 @@ $(BUILT): $(INSTALLED) $(SOURCES)
 	touch $@
 
 clean:
-	rm -rf build *.egg-info amc_kernels/_C*.so $(BUILT)
+	rm -rf build dist *.egg-info amc_kernels/_C*.so amc_kernels/_build_info.json $(BUILT)

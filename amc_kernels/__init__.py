@@ -5,10 +5,15 @@ amc_loss, supcon_loss, gradcam, class_activation_map, cgc_loss and saliency_mask
 backend per call (``backend=``), per block (:func:`use_backend`) or per process
 (``AMC_KERNELS_BACKEND``); by default the fastest usable one is picked. Backends are imported
 on first use, from the table in :mod:`amc_kernels._dispatch`.
+
+Importing checks the build record of the compiled kernels against the installed torch first,
+and raises :class:`TorchMismatchError` (an ImportError that names the fix) when they were built
+for another torch release; a missing or unloadable ``amc_kernels._C`` only warns.
 """
 
-from . import nn
+from . import _extension, nn
 from ._dispatch import BACKENDS, BackendUnavailableError, use_backend
+from ._extension import TorchMismatchError
 from ._version import __version__
 from .functional import (
     amc_loss,
@@ -20,9 +25,12 @@ from .functional import (
     supcon_loss,
 )
 
+_extension.check_build()  # before anything loads amc_kernels._C
+
 __all__ = [
     "BACKENDS",
     "BackendUnavailableError",
+    "TorchMismatchError",
     "__version__",
     "amc_loss",
     "angular_distance",

@@ -1,6 +1,13 @@
 // Every schema of the amc_kernels op library, declared once
 // (docs/design.md#3-backends-and-dispatch), and the build information read by `amc-kernels info`.
 // Kernels register in csrc/cpu and csrc/cuda.
+//
+// The one file that includes Python.h (no torch header we use does), and only for PyInit__C:
+// it must see the limited API of Python 3.10, so that the cp310-abi3 wheel is true for every
+// Python from 3.10 on. setup.py defines the macro; this checks that it is in force.
+#if !defined(Py_LIMITED_API) || Py_LIMITED_API < 0x030A0000
+#error "amc_kernels._C must be compiled with Py_LIMITED_API >= 0x030A0000 (set by setup.py)"
+#endif
 #include <Python.h>
 #include <torch/library.h>
 #include <torch/version.h>

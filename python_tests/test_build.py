@@ -7,8 +7,10 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import platform
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 from types import ModuleType
 
@@ -25,6 +27,8 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(scope="module")
 def setup_module_() -> ModuleType:
+    if not (ROOT / "setup.py").is_file():
+        pytest.skip("setup.py is not beside the tests (testing an installed wheel)")
     spec = importlib.util.spec_from_file_location("amc_setup", ROOT / "setup.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)  # setup() runs only under __main__
@@ -84,6 +88,85 @@ def test_build_configuration_is_printed_first(
     lines = capsys.readouterr().out.splitlines()
     assert lines[0] == "amc-kernels build configuration:"
     assert "with_cuda" in lines[2]
+
+
+@pytest.mark.parametrize(
+    ("build_cpp", "with_cuda", "torch_version", "expected"),
+    [
+        (True, True, "2.14.1+cu130", "0.2.0+cu130.torch2.14"),
+        (True, False, "2.14.1+cu130", "0.2.0+cpu.torch2.14"),
+        (True, False, "2.15.0a0+git1234", "0.2.0+cpu.torch2.15"),
+        (False, False, "2.14.1+cu130", "0.2.0"),
+    ],
+)
+def test_the_local_version_names_the_build(
+    setup_module_: ModuleType, build_cpp: bool, with_cuda: bool, torch_version: str, expected: str
+) -> None:
+    config = {"version": "0.2.0", "build_cpp": build_cpp, "with_cuda": with_cuda}
+    config |= {"torch": torch_version, "torch_cuda": "13.0"}
+    assert setup_module_.local_version(config) == expected
+
+
+def test_sdists_and_builds_from_sdists_keep_the_plain_version(
+    setup_module_: ModuleType, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.delenv("AMC_KERNELS_LOCAL_VERSION", raising=False)
+    monkeypatch.setattr(setup_module_, "ROOT", tmp_path)  # a source tree: no PKG-INFO
+    monkeypatch.setattr(sys, "argv", ["setup.py", "bdist_wheel"])
+    assert setup_module_.wants_local_label()
+    (tmp_path / "PKG-INFO").write_text("Metadata-Version: 2.4\n")  # an unpacked sdist
+    assert not setup_module_.wants_local_label()
+    monkeypatch.setenv("AMC_KERNELS_LOCAL_VERSION", "1")
+    assert setup_module_.wants_local_label()
+    monkeypatch.setattr(sys, "argv", ["setup.py", "sdist"])
+    assert not setup_module_.wants_local_label()
+
+
+def test_symbol_versions_keep_the_newest_of_each_family(setup_module_: ModuleType) -> None:
+    versions = {
+        "libc.so.6": ("GLIBC_2.14", "GLIBC_2.32", "GLIBC_2.2.5"),
+        "libm.so.6": ("GLIBC_2.29",),
+        "libstdc++.so.6": ("GLIBCXX_3.4.9", "CXXABI_1.3.9", "GLIBCXX_3.4.21"),
+        "libgomp.so.1": ("GOMP_4.0", "OMP_1.0"),
+        "libcudart.so.13": ("libcudart.so.13",),
+    }
+    assert setup_module_.symbol_versions(versions) == {
+        "GLIBC": (2, 32),
+        "GLIBCXX": (3, 4, 21),
+        "CXXABI": (1, 3, 9),
+    }
+
+
+@pytest.mark.parametrize(
+    ("needed", "expected"),
+    [
+        ({"GLIBC": (2, 17), "GLIBCXX": (3, 4, 21)}, "manylinux_2_28_x86_64"),
+        ({"GLIBC": (2, 28), "CXXABI": (1, 3, 11)}, "manylinux_2_28_x86_64"),
+        ({"GLIBC": (2, 29)}, "manylinux_2_31_x86_64"),
+        ({"GLIBC": (2, 17), "GLIBCXX": (3, 4, 25)}, "manylinux_2_31_x86_64"),
+        ({"GLIBC": (2, 32)}, "manylinux_2_35_x86_64"),
+        ({"GCC": (12, 0, 0)}, "manylinux_2_36_x86_64"),
+        ({"GLIBC": (2, 39)}, None),
+    ],
+)
+def test_the_lowest_manylinux_policy_that_covers_the_symbols(
+    setup_module_: ModuleType, needed: dict, expected: str | None
+) -> None:
+    assert setup_module_.lowest_policy(needed) == expected
+
+
+def test_a_library_outside_torch_and_the_system_keeps_the_linux_tag(
+    setup_module_: ModuleType, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if platform.machine() != "x86_64":
+        pytest.skip("the manylinux policies are written out for x86_64 only")
+    elf = setup_module_.load_elf_reader()
+    info = elf.DynamicInfo(("libtorch_cpu.so", "libc.so.6", "libopenblas.so.0"), {}, ())
+    monkeypatch.setattr(elf, "read_dynamic_info", lambda path: info)
+    monkeypatch.setattr(setup_module_, "load_elf_reader", lambda: elf)
+    assert setup_module_.manylinux_tag([Path("_C.abi3.so")]) is None
+    info = elf.DynamicInfo(("libtorch_cpu.so", "libc10_cuda.so", "libcudart.so.13"), {}, ())
+    assert setup_module_.manylinux_tag([Path("_C.abi3.so")]) == "manylinux_2_28_x86_64"
 
 
 # --- amc_kernels._C ---

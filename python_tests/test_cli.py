@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 
@@ -10,6 +11,7 @@ import torch
 
 import amc_kernels
 from amc_kernels import _dispatch, cli, reference
+from amc_kernels._spec import OPS
 
 
 def test_info_prints_versions_build_and_backends(capsys: pytest.CaptureFixture[str]) -> None:
@@ -51,6 +53,32 @@ def test_check_reports_a_wrong_backend(
     assert cli.main(["check"]) == 1
     rows = [line for line in capsys.readouterr().out.splitlines() if " cpp " in line]
     assert any("angular_distance" in row and "FAIL" in row for row in rows)
+
+
+def test_check_json_reports_every_backend_op_and_dtype(
+    wrong_cpp_backend: None, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--json: one document; exit 1 because one backend fails, every other result passes."""
+    assert cli.main(["check", "--json"]) == 1
+    report = json.loads(capsys.readouterr().out)
+    assert report["torch"] == torch.__version__
+    assert report["devices"][0] == "cpu"
+    assert report["ok"] is False and report["failed"] == 2  # float32 and float64
+    assert report["passed"] + report["failed"] == len(report["results"])
+    cpu = torch.device("cpu")
+    status = {(r["op"], r["backend"], r["dtype"]): r["status"] for r in report["results"]}
+    unavailable = {(u["op"], u["backend"]) for u in report["unavailable"] if u["device"] == "cpu"}
+    for op in OPS:
+        for backend in _dispatch.BACKENDS[1:]:
+            if _dispatch.refusals(backend, cli.generic_call(op, cpu)):
+                assert (op, backend) in unavailable
+                continue
+            for dtype in ("float32", "float64"):
+                wrong = (op, backend) == ("angular_distance", "cpp")
+                assert status[op, backend, dtype] == ("FAIL" if wrong else "PASS")
+    closed_forms = [r for r in report["results"] if r["test"].startswith("closed form: ")]
+    assert len(closed_forms) == len(amc_kernels.testing.closed_form_cases())
+    assert all(r["max_error"] <= r["bound"] for r in closed_forms)
 
 
 def test_module_entry_point_reports_the_version() -> None:

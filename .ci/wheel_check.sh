@@ -1,0 +1,83 @@
+#!/usr/bin/env bash
+# The wheel as a user gets it (docs/design.md#8-build-and-wheels):
+#   1. build the sdist, then the wheel from that sdist (python -m build --no-isolation), so the
+#      sdist is proven to build offline, in a clean folder;
+#   2. with CUDA kernels, check that the wheel's _C holds sm_80 and sm_90 code (cuobjdump);
+#   3. install the wheel into a fresh virtual environment beside the pinned torch
+#      (requirements-dev.txt) and the test extras, from the configured package index;
+#   4. there, from a folder outside the source tree: `amc-kernels info`, `amc-kernels check`,
+#      `amc-kernels check --json`, and the test suite, importing amc_kernels from site-packages.
+# Nothing is cached between runs: the work folder is fresh (removed at the end unless KEEP=1).
+#
+# Environment:
+#   BUILD_PYTHON  the interpreter that builds: it needs torch, setuptools, wheel, build and
+#                 ninja (default .venv/bin/python, made by `make build`)
+#   VENV_PYTHON   the interpreter of the fresh environment (default: python3)
+#   WORK          the work folder (default: a new temporary folder)
+#   PYTEST_ARGS   extra pytest arguments (default: none: the whole suite)
+#   and the build switches of setup.py: AMC_KERNELS_SKIP_CUDA, TORCH_CUDA_ARCH_LIST, MAX_JOBS...
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+BUILD_PYTHON=${BUILD_PYTHON:-$ROOT/.venv/bin/python}
+VENV_PYTHON=${VENV_PYTHON:-python3}
+WORK=${WORK:-$(mktemp -d /tmp/amc-wheel-check.XXXXXX)}
+export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-8.0;9.0+PTX}
+export AMC_KERNELS_LOCAL_VERSION=1  # the wheel built from the sdist still names its build
+START=$SECONDS
+step() { echo; echo "=== [$((SECONDS - START)) s] $*"; }
+cleanup() { [ "${KEEP:-0}" = 1 ] || rm -rf "$WORK"; }
+trap cleanup EXIT
+
+step "build the sdist and, from it, the wheel (into $WORK/dist)"
+"$BUILD_PYTHON" -m build --no-isolation --outdir "$WORK/dist" "$ROOT"
+WHEEL=$(ls "$WORK"/dist/amc_kernels-*.whl)
+echo "wheel: $(basename "$WHEEL") ($(du -h "$WHEEL" | cut -f1))"
+unzip -l "$WHEEL" | grep -E '_C\.abi3\.so|_build_info\.json|py\.typed'
+unzip -p "$WHEEL" amc_kernels/_build_info.json
+
+if unzip -p "$WHEEL" amc_kernels/_build_info.json | grep -q '"cuda_kernels": true'; then
+  step "the CUDA code in _C (cuobjdump --list-elf)"
+  mkdir -p "$WORK/unpacked" && unzip -q -o "$WHEEL" 'amc_kernels/_C*' -d "$WORK/unpacked"
+  ELF=$(cuobjdump --list-elf "$WORK"/unpacked/amc_kernels/_C*.so)
+  echo "$ELF"
+  for arch in sm_80 sm_90; do
+    grep -q "$arch" <<<"$ELF" || { echo "no $arch code in _C" >&2; exit 1; }
+  done
+fi
+
+step "a fresh virtual environment with the wheel and the pinned torch"
+TORCH_PINS=$(grep -E '^(torch|torchvision)==' "$ROOT/requirements-dev.txt" | cut -d' ' -f1)
+env -u PYTHONPATH "$VENV_PYTHON" -m venv "$WORK/venv"
+VENV=$WORK/venv/bin
+env -u PYTHONPATH "$VENV/python" -m pip install --quiet --no-cache-dir \
+  "$WHEEL[test,train,bench]" $TORCH_PINS
+
+step "amc-kernels from the installed wheel, outside the source tree"
+mkdir -p "$WORK/run"
+# The tests, the benchmark scripts some of them run, and pytest's settings; no amc_kernels/.
+cp -r "$ROOT/python_tests" "$ROOT/benchmarks" "$ROOT/pyproject.toml" "$WORK/run/"
+cd "$WORK/run"
+unset PYTHONPATH
+"$VENV/python" - "$WORK/venv" <<'EOF'
+import sys
+from importlib.metadata import version
+from pathlib import Path
+
+import amc_kernels
+
+where = Path(amc_kernels.__file__).resolve()
+print(f"amc_kernels {version('amc-kernels')} imported from {where}")
+assert Path(sys.argv[1]).resolve() in where.parents, "not the installed wheel"
+assert amc_kernels._extension.available(), amc_kernels._extension.load_error()
+EOF
+"$VENV/amc-kernels" info
+"$VENV/amc-kernels" check
+"$VENV/amc-kernels" check --json >"$WORK/check.json"
+"$VENV/python" -c "import json, sys; r = json.load(open(sys.argv[1])); print('check --json:', r['passed'], 'passed,', r['failed'], 'failed'); sys.exit(not r['ok'])" "$WORK/check.json"
+
+step "the test suite against the installed wheel"
+# shellcheck disable=SC2086  # PYTEST_ARGS is a list of arguments
+"$VENV/python" -m pytest python_tests -p no:cacheprovider -q ${PYTEST_ARGS:-}
+
+step "done: the wheel passed (total $((SECONDS - START)) s)"
