@@ -1,5 +1,9 @@
 # Two commands for a fresh machine: `make test` and `make demo`. Each creates .venv when it is
-# missing, installs the pinned development set, builds amc_kernels._C in place, then runs.
+# missing and installs the pinned development set. `make demo` builds amc_kernels._C in place
+# and runs the demo; `make test` builds the sdist and the wheel from it, installs the wheel in a
+# fresh environment beside the pinned torch, and runs `amc-kernels check` and the whole test
+# suite against that installed wheel (.ci/wheel_check.sh). `make test-dev` runs the suite on
+# the in-place build (quicker while editing).
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
@@ -7,9 +11,11 @@ INSTALLED := $(VENV)/.installed
 BUILT := $(VENV)/.built
 SOURCES := setup.py pyproject.toml $(shell find csrc -name '*.cpp' -o -name '*.cu' -o -name '*.cuh' -o -name '*.h' 2>/dev/null)
 
-.PHONY: test demo lint build wheel sdist wheel-check clean
+.PHONY: test test-dev demo lint build wheel sdist wheel-check clean
 
-test: $(BUILT)
+test: wheel-check
+
+test-dev: $(BUILT)
 	$(PY) -m pytest
 
 # OMP_WAIT_POLICY=PASSIVE: idle OpenMP threads sleep instead of spinning, so the CPU demo stays

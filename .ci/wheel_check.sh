@@ -2,7 +2,9 @@
 # The wheel as a user gets it (docs/design.md#8-build-and-wheels):
 #   1. build the sdist, then the wheel from that sdist (python -m build --no-isolation), so the
 #      sdist is proven to build offline, in a clean folder;
-#   2. with CUDA kernels, check that the wheel's _C holds sm_80 and sm_90 code (cuobjdump);
+#   2. with CUDA kernels, check that the wheel's _C holds a cubin for each arch of
+#      TORCH_CUDA_ARCH_LIST and PTX for its "+PTX" arch (amc_kernels/_elf.py; cuobjdump as well
+#      where it is installed);
 #   3. install the wheel into a fresh virtual environment beside the pinned torch
 #      (requirements-dev.txt) and the test extras, from the configured package index;
 #   4. there, from a folder outside the source tree: `amc-kernels info`, `amc-kernels check`,
@@ -32,18 +34,37 @@ trap cleanup EXIT
 step "build the sdist and, from it, the wheel (into $WORK/dist)"
 "$BUILD_PYTHON" -m build --no-isolation --outdir "$WORK/dist" "$ROOT"
 WHEEL=$(ls "$WORK"/dist/amc_kernels-*.whl)
+mkdir -p "$WORK/unpacked" && (cd "$WORK/unpacked" && "$BUILD_PYTHON" -m zipfile -e "$WHEEL" .)
 echo "wheel: $(basename "$WHEEL") ($(du -h "$WHEEL" | cut -f1))"
-unzip -l "$WHEEL" | grep -E '_C\.abi3\.so|_build_info\.json|py\.typed'
-unzip -p "$WHEEL" amc_kernels/_build_info.json
+ls -l "$WORK"/unpacked/amc_kernels/_C* "$WORK"/unpacked/amc_kernels/*.json
+cat "$WORK/unpacked/amc_kernels/_build_info.json"
 
-if unzip -p "$WHEEL" amc_kernels/_build_info.json | grep -q '"cuda_kernels": true'; then
-  step "the CUDA code in _C (cuobjdump --list-elf)"
-  mkdir -p "$WORK/unpacked" && unzip -q -o "$WHEEL" 'amc_kernels/_C*' -d "$WORK/unpacked"
-  ELF=$(cuobjdump --list-elf "$WORK"/unpacked/amc_kernels/_C*.so)
-  echo "$ELF"
-  for arch in sm_80 sm_90; do
-    grep -q "$arch" <<<"$ELF" || { echo "no $arch code in _C" >&2; exit 1; }
-  done
+if grep -q '"cuda_kernels": true' "$WORK/unpacked/amc_kernels/_build_info.json"; then
+  step "the CUDA code images in the wheel's _C (cubins and PTX per arch)"
+  SO=$(ls "$WORK"/unpacked/amc_kernels/_C*.so)
+  # amc_kernels/_elf.py reads the .nv_fatbin section as `cuobjdump --list-elf --list-ptx` does;
+  # cuobjdump itself is not part of every toolkit install (not of CI's), so it is a cross-check.
+  "$BUILD_PYTHON" - "$ROOT/amc_kernels/_elf.py" "$SO" "$TORCH_CUDA_ARCH_LIST" <<'EOF_PY'
+import runpy, sys
+from collections import Counter
+elf = runpy.run_path(sys.argv[1])
+images = Counter(elf["read_cuda_images"](sys.argv[2]))
+for image, count in sorted(images.items()):
+    print(f"  {image.kind} {image.arch}: {count} images")
+for arch in sys.argv[3].split(";"):
+    sm = "sm_" + arch.removesuffix("+PTX").replace(".", "")
+    wanted = [("elf", sm)] + ([("ptx", sm)] if arch.endswith("+PTX") else [])
+    for kind, arch_name in wanted:
+        if not any(i.kind == kind and i.arch == arch_name for i in images):
+            sys.exit(f"no {kind} image for {arch_name} in the wheel's _C")
+EOF_PY
+  if command -v cuobjdump >/dev/null; then
+    ELF=$(cuobjdump --list-elf "$SO")
+    for arch in sm_80 sm_90; do
+      grep -q "$arch" <<<"$ELF" || { echo "cuobjdump: no $arch code in _C" >&2; exit 1; }
+    done
+    echo "cuobjdump --list-elf agrees: sm_80 and sm_90 cubins"
+  fi
 fi
 
 step "a fresh virtual environment with the wheel and the pinned torch"

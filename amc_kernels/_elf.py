@@ -1,7 +1,10 @@
 """What a 64-bit little-endian ELF shared object asks of the dynamic loader, read without loading
 it: the libraries it needs (DT_NEEDED), the symbol versions it needs from each (GLIBC_2.29, ...)
 and its undefined dynamic symbols. setup.py uses it to choose the wheel's manylinux tag, the
-tests to check that amc_kernels._C stays within the Python limited API."""
+tests to check that amc_kernels._C stays within the Python limited API.
+
+It also lists the CUDA code images of the object's ``.nv_fatbin`` section (what
+``cuobjdump --list-elf --list-ptx`` prints), for the machines that have no cuobjdump."""
 
 from __future__ import annotations
 
@@ -15,12 +18,26 @@ SHT_GNU_VERNEED = 0x6FFFFFFE
 DT_NEEDED = 1
 
 
+#: A fat binary (CUDA's fatbinary.h): a 16-byte header {u32 magic, u16 version, u16 header size,
+#: u64 size of its entries}, then entries, each a header {u16 kind, u16, u32 header size,
+#: u64 payload size, ..., u32 arch at byte 28} and the payload (a cubin ELF or PTX text).
+FATBIN_MAGIC = 0xBA55ED50
+FATBIN_KINDS = {1: "ptx", 2: "elf"}
+
+
 @dataclass(frozen=True)
 class Section:
+    name: int  # offset in the section-name string table
     kind: int
     offset: int
     size: int
     link: int
+
+
+@dataclass(frozen=True, order=True)
+class CudaImage:
+    kind: str  # "elf" (a cubin, machine code) or "ptx"
+    arch: str  # "sm_80", ...
 
 
 @dataclass(frozen=True)
@@ -37,10 +54,10 @@ def _sections(data: bytes) -> list[Section]:
     entsize, count = struct.unpack_from("<HH", data, 0x3A)
     sections = []
     for i in range(count):
-        _, kind, _, _, offset, size, link = struct.unpack_from(
+        name, kind, _, _, offset, size, link = struct.unpack_from(
             "<IIQQQQI", data, shoff + i * entsize
         )
-        sections.append(Section(kind, offset, size, link))
+        sections.append(Section(name, kind, offset, size, link))
     return sections
 
 
@@ -100,3 +117,36 @@ def read_dynamic_info(path: str | Path) -> DynamicInfo:
         elif section.kind == SHT_DYNSYM:
             undefined = _undefined(data, sections, section)
     return DynamicInfo(tuple(needed), versions, tuple(sorted(set(undefined))))
+
+
+def _section_named(data: bytes, sections: list[Section], name: str) -> Section | None:
+    (names_index,) = struct.unpack_from("<H", data, 0x3E)
+    names = sections[names_index]
+    return next((s for s in sections if _string(data, names, s.name) == name), None)
+
+
+def _fatbin_images(data: bytes, start: int, end: int) -> list[CudaImage]:
+    images = []
+    while start < end:
+        magic, _, header, size = struct.unpack_from("<IHHQ", data, start)
+        if magic != FATBIN_MAGIC:
+            raise ValueError(f"no fat binary header at offset {start:#x}")
+        entry, stop = start + header, start + header + size
+        while entry < stop:
+            kind, _, entry_header, payload = struct.unpack_from("<HHIQ", data, entry)
+            (arch,) = struct.unpack_from("<I", data, entry + 28)
+            images.append(CudaImage(FATBIN_KINDS.get(kind, f"kind {kind}"), f"sm_{arch}"))
+            entry += entry_header + payload
+        start = stop
+    return images
+
+
+def read_cuda_images(path: str | Path) -> tuple[CudaImage, ...]:
+    """The CUDA code images in the ``.nv_fatbin`` section of the ELF object at `path`, in order
+    (none for an object without CUDA code); ValueError if it is not 64-bit ELF."""
+    data = Path(path).read_bytes()
+    sections = _sections(data)
+    fatbin = _section_named(data, sections, ".nv_fatbin")
+    if fatbin is None:
+        return ()
+    return tuple(_fatbin_images(data, fatbin.offset, fatbin.offset + fatbin.size))

@@ -19,7 +19,7 @@ import torch
 from torch.library import opcheck
 
 import amc_kernels
-from amc_kernels import _dispatch, _extension
+from amc_kernels import _dispatch, _elf, _extension
 from amc_kernels._spec import SPECS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -317,3 +317,45 @@ def test_every_cuda_source_has_its_kernels_for_every_arch(resource_report: dict)
 def test_every_op_has_cuda_kernels(op: str) -> None:
     for stage in ("fwd", "bwd") if SPECS[op].differentiable else ("fwd",):
         assert _dispatch.has_kernel(f"{op}_{stage}", "CUDA"), f"{op}_{stage} has no CUDA kernel"
+
+
+def ptx_arches(arch_list: str) -> set[str]:
+    """The PTX targets of TORCH_CUDA_ARCH_LIST: "8.0;9.0+PTX" -> {"sm_90"}."""
+    arches = arch_list.replace(",", ";").replace(" ", ";").split(";")
+    return {"sm_" + arch.removesuffix("+PTX").replace(".", "") for arch in arches if "+PTX" in arch}
+
+
+@pytest.mark.cuda_build
+@pytest.mark.skipif(shutil.which("nvcc") is None, reason="needs nvcc")
+def test_fatbin_reader_lists_what_nvcc_compiled(tmp_path: Path) -> None:
+    """The reader that stands in for cuobjdump, on an object whose images are known."""
+    source = tmp_path / "scale.cu"
+    source.write_text("__global__ void scale(float* x) { x[threadIdx.x] *= 2.0f; }\n")
+    obj = tmp_path / "scale.o"  # an object, as torch's build compiles each .cu (no device link)
+    gencode = ["-gencode=arch=compute_80,code=sm_80", "-gencode=arch=compute_90,code=compute_90"]
+    subprocess.run(["nvcc", "-c", *gencode, str(source), "-o", str(obj)], check=True)
+    assert sorted(_elf.read_cuda_images(obj)) == [
+        _elf.CudaImage("elf", "sm_80"),
+        _elf.CudaImage("ptx", "sm_90"),
+    ]
+
+
+@needs_cuda_build
+@pytest.mark.cuda_build
+def test_c_holds_machine_code_for_every_arch(capsys: pytest.CaptureFixture[str]) -> None:
+    """What `cuobjdump --list-elf --list-ptx` shows of _C: a cubin for every arch of the build
+    and PTX for each "+PTX" arch (checked against cuobjdump itself where it is installed)."""
+    (library,) = _extension.extension_files()
+    images = _elf.read_cuda_images(library)
+    arch_list = _extension.build_info()["arch_list"]
+    with capsys.disabled():
+        counts = {image: images.count(image) for image in sorted(set(images))}
+        print(f"\nCUDA images in {library.name}: {counts}")
+    assert {image.arch for image in images if image.kind == "elf"} == real_arches(arch_list)
+    assert {image.arch for image in images if image.kind == "ptx"} == ptx_arches(arch_list)
+    if shutil.which("cuobjdump"):
+        listed = subprocess.run(
+            ["cuobjdump", "--list-elf", str(library)], check=True, capture_output=True, text=True
+        ).stdout
+        for arch in real_arches(arch_list):
+            assert arch in listed, f"cuobjdump lists no {arch} cubin in {library}"
