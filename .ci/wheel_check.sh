@@ -22,6 +22,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
 BUILD_PYTHON=${BUILD_PYTHON:-$ROOT/.venv/bin/python}
+[[ $BUILD_PYTHON != */* ]] || BUILD_PYTHON=$(realpath -s "$BUILD_PYTHON")  # the steps change folder
 VENV_PYTHON=${VENV_PYTHON:-python3}
 WORK=${WORK:-$(mktemp -d /tmp/amc-wheel-check.XXXXXX)}
 export TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-8.0;9.0+PTX}
