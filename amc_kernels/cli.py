@@ -26,7 +26,7 @@ from ._spec import OPS
 from ._version import __version__
 
 CHECK_DTYPES = {
-    "cpu": (torch.float32, torch.float64),
+    "cpu": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
     "cuda": (torch.float32, torch.float64, torch.bfloat16, torch.float16),
 }
 
