@@ -50,6 +50,14 @@ def test_value_checks_are_skipped_on_meta() -> None:
     assert cam.is_meta and cam.shape == (2, 4, 4)
 
 
+def test_a_meta_tensor_temperature_is_not_read() -> None:
+    """A learnable temperature on meta: its value check (> 0) is skipped like the others."""
+    features = torch.randn(4, 2, 8, device="meta")
+    tau = torch.tensor(0.1, device="meta", requires_grad=True)
+    loss = functional.supcon_loss(features, torch.zeros(4, device="meta").long(), temperature=tau)
+    assert loss.is_meta and loss.shape == ()
+
+
 def test_metadata_checks_still_run_on_meta() -> None:
     with pytest.raises(ValueError, match=r"amc_loss: labels has size 3 in dimension 0"):
         functional.amc_loss(torch.randn(4, 2, device="meta"), torch.zeros(3, device="meta").long())
