@@ -18,7 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ._spec import NORM_EPS, Arguments, compute_dtype
+from ._spec import NORM_EPS, Arguments, compute_dtype, label_counts
 
 Call = Callable[[Arguments], Any]
 
@@ -86,14 +86,6 @@ def _tensor_temperature(a: Arguments) -> torch.Tensor | None:
         normalize=False,
     )
     return factor
-
-
-def label_counts(labels: torch.Tensor) -> torch.Tensor:
-    """count_n = #{m : labels[m] = labels[n]}, [N], by a sort and two binary searches (no host
-    synchronisation)."""
-    values = labels.long()
-    ordered = values.sort().values
-    return torch.searchsorted(ordered, values, right=True) - torch.searchsorted(ordered, values)
 
 
 def _anchors_with_positives(

@@ -42,6 +42,14 @@ def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     return torch.float64 if dtype == torch.float64 else torch.float32
 
 
+def label_counts(labels: torch.Tensor) -> torch.Tensor:
+    """count_n = #{m : labels[m] = labels[n]}, [N], by a sort and two binary searches (no host
+    synchronisation)."""
+    values = labels.long()
+    ordered = values.sort().values
+    return torch.searchsorted(ordered, values, right=True) - torch.searchsorted(ordered, values)
+
+
 @dataclass(frozen=True)
 class Option:
     """A keyword option: its default, its check (op, name, value) -> value, and how the

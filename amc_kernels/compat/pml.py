@@ -16,7 +16,7 @@ from torch import nn
 
 from .. import _checks as check
 from .. import functional
-from .._composite import label_counts
+from .._spec import label_counts
 
 
 class _PMLLoss(nn.Module):

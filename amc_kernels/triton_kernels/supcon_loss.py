@@ -37,7 +37,7 @@ import triton.language as tl
 
 from .._clamp_convention import CLAMP_GRAD_AT_BOUNDS
 from .._register import forward_function, register_autograd
-from .._spec import SUPCON_LOSS, compute_dtype
+from .._spec import SUPCON_LOSS, compute_dtype, label_counts
 from ._common import launch, mean_weights, not_computed, reduce, triton_op
 from ._math import online_lse_update
 from ._tiles import (
@@ -266,10 +266,7 @@ def _positive_counts(
     n, views, _ = features.shape
     if labels is None:
         return torch.full((anchors,), views - 1, dtype=dtype, device=features.device)
-    values = labels.long()
-    ordered = values.sort().values
-    same = torch.searchsorted(ordered, values, right=True) - torch.searchsorted(ordered, values)
-    return (views * same - 1).to(dtype).repeat(anchors // n)
+    return (views * label_counts(labels) - 1).to(dtype).repeat(anchors // n)
 
 
 @triton_op("supcon_loss_triton_bwd")
