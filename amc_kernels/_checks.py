@@ -162,7 +162,7 @@ def finite_values(op: str, name: str, x: torch.Tensor) -> None:
 
 def positive_values(op: str, name: str, x: torch.Tensor) -> None:
     """Every entry finite and > 0 (a tensor-valued temperature)."""
-    if value_checks_enabled() and x.numel():
+    if value_checks_enabled(x) and x.numel():
         low, high = (float(v) for v in torch.stack(torch.aminmax(x.detach())).tolist())
         if not (low > 0 and math.isfinite(high)):
             raise ValueError(f"{op}: {name} must be finite and > 0, got {x.detach().tolist()}")
