@@ -127,12 +127,15 @@ def gradcam(a: Arguments, call: Call) -> torch.Tensor:
 
 def cgc_loss(a: Arguments, call: Call) -> torch.Tensor:
     """On 1×1 maps every û_b and v̂_b is the same constant unit vector (whatever the maps,
-    crops and flips), so every logit is 1/τ: the loss is exactly log B with a zero gradient."""
-    cam_orig, cam_aug = a["cam_orig"], a["cam_aug"]
+    crops and flips), so every logit is 1/τ: the loss is exactly log B with a zero gradient
+    (a tensor τ's too: Σ_j (p_bj − δ_bj)·1 = 0)."""
+    cam_orig, cam_aug, tau = a["cam_orig"], a["cam_aug"], a["temperature"]
     if cam_orig.shape[1] * cam_orig.shape[2] != 1 or cam_orig.shape[0] == 0:
         return call(a)
     dtype = compute_dtype(cam_orig.dtype)
     graph = (cam_orig.to(dtype).sum() + cam_aug.to(dtype).sum()) * 0.0
+    if isinstance(tau, torch.Tensor):
+        graph = graph + tau.to(dtype) * 0.0
     return graph + math.log(cam_orig.shape[0])
 
 

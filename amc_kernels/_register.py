@@ -93,7 +93,7 @@ def register_fakes(
     where output_mask requests it, else empty [0] (in the first tensor's dtype when the input is
     absent); ``arguments`` also holds the saved statistics.
     """
-    options = tuple(o.name for o in spec.options)
+    options = spec.kernel_options
     forward_names = (*spec.tensors, *options)
 
     def forward(*args: Any) -> Any:
@@ -109,7 +109,7 @@ def register_fakes(
         first = arguments[spec.tensors[0]]
         grads = []
         for name, needed in zip(spec.differentiable, args[-1], strict=True):
-            x = arguments[name]
+            x = arguments[spec.kernel_name(name)]
             if x is None or not needed:
                 grads.append((first if x is None else x).new_empty((0,)))
             else:
@@ -130,18 +130,24 @@ def register_autograd(
         outputs = output if isinstance(output, tuple | list) else (output,)
         saved = outputs[spec.results :]
         ctx.mark_non_differentiable(*saved)
-        ctx.save_for_backward(*inputs[:count], *saved)
-        ctx.options = inputs[count:]
+        options = inputs[count:]  # a learnable option's tensor is saved with the tensors
+        ctx.tensor_options = [i for i, v in enumerate(options) if isinstance(v, torch.Tensor)]
+        ctx.save_for_backward(*inputs[:count], *saved, *(options[i] for i in ctx.tensor_options))
+        ctx.options = [None if isinstance(v, torch.Tensor) else v for v in options]
 
     def backward(ctx: Any, grad: torch.Tensor, *_saved_grads: Any) -> tuple:
-        saved = ctx.saved_tensors
+        split = len(ctx.saved_tensors) - len(ctx.tensor_options)
+        saved, options = ctx.saved_tensors[:split], list(ctx.options)
+        for i, tensor in zip(ctx.tensor_options, ctx.saved_tensors[split:], strict=True):
+            options[i] = tensor
+        inputs = (*saved[:count], *options)
         mask = [bool(ctx.needs_input_grad[i]) for i in positions]
-        grads = library_op(bwd)(grad, *saved, *ctx.options, *extras, mask)
+        grads = library_op(bwd)(grad, *saved, *options, *extras, mask)
         grads = grads if isinstance(grads, tuple | list) else (grads,)
-        result: list[torch.Tensor | None] = [None] * (count + len(ctx.options))
+        result: list[torch.Tensor | None] = [None] * len(inputs)
         for position, needed, gradient in zip(positions, mask, grads, strict=True):
             if needed:
-                result[position] = gradient.expand_as(saved[position])
+                result[position] = gradient.expand_as(inputs[position])
         return tuple(result)
 
     torch.library.register_autograd(f"amc_kernels::{fwd}", backward, setup_context=setup_context)

@@ -59,6 +59,20 @@ class Option:
     default: Any
     check: Callable[[str, str, Any], Any]
     kernel: Callable[[Any], Any] | None = None
+    #: A number or a 0-d tensor that may receive a gradient: the schemas take it as two
+    #: arguments, ``Tensor? <name>_tensor, float <name>``: (None, the number) for a number,
+    #: (the tensor, 0.0: ignored) for a tensor.
+    learnable: bool = False
+
+    @property
+    def kernel_names(self) -> tuple[str, ...]:
+        return (f"{self.name}_tensor", self.name) if self.learnable else (self.name,)
+
+    def encode(self, value: Any) -> tuple[Any, ...]:
+        """The schema arguments of `value`."""
+        if self.learnable:
+            return (value, 0.0) if isinstance(value, torch.Tensor) else (None, float(value))
+        return (self.kernel(value) if self.kernel else value,)
 
 
 @dataclass(frozen=True)
@@ -69,7 +83,8 @@ class OpSpec:
     tensors: tuple[str, ...]  # tensor arguments, in the order of the kernels' schemas
     options: tuple[Option, ...]  # keyword options, in schema order after the tensors
     validate_tensors: Callable[[Arguments], None]  # checks (and canonicalises) in place
-    differentiable: tuple[str, ...] = ()  # tensor arguments that receive gradients
+    #: Arguments that receive gradients: tensors, or learnable options (when given a tensor).
+    differentiable: tuple[str, ...] = ()
     results: int = 1  # leading outputs of the forward op that the user gets
     saved: tuple[str, ...] = ()  # further forward outputs, saved for the backward
     #: Options that the public function implements around the op, for every backend
@@ -85,8 +100,19 @@ class OpSpec:
         return SimpleNamespace(**{o.name: o.default for o in self.all_options})
 
     @property
+    def kernel_options(self) -> tuple[str, ...]:
+        """The names of the compiled schemas' arguments after the tensors (Option.learnable)."""
+        return tuple(name for o in self.options for name in o.kernel_names)
+
+    def kernel_name(self, name: str) -> str:
+        """The schema argument that carries the tensor or learnable option `name`."""
+        return name if name in self.tensors else f"{name}_tensor"
+
+    @property
     def differentiable_positions(self) -> tuple[int, ...]:
-        return tuple(self.tensors.index(name) for name in self.differentiable)
+        """Positions of the differentiable arguments among the forward op's arguments."""
+        names = (*self.tensors, *self.kernel_options)
+        return tuple(names.index(self.kernel_name(name)) for name in self.differentiable)
 
     def check_options(self, options: Arguments) -> Arguments:
         """Every option checked and canonicalised (missing ones take their defaults)."""
@@ -107,9 +133,7 @@ class OpSpec:
 
     def kernel_arguments(self, arguments: Arguments) -> list[Any]:
         """Positional arguments of the compiled forward op: the tensors, then the options."""
-        options = [
-            o.kernel(arguments[o.name]) if o.kernel else arguments[o.name] for o in self.options
-        ]
+        options = [value for o in self.options for value in o.encode(arguments[o.name])]
         return [arguments[name] for name in self.tensors] + options
 
 
@@ -308,6 +332,7 @@ def _cgc_loss(a: Arguments) -> None:
     check.same_device(op, "flips", flips, "cam_orig", cam_orig)
     check.finite_values(op, "cam_orig", cam_orig)
     check.finite_values(op, "cam_aug", cam_aug)
+    _tensor_temperature(op, a["temperature"], "cam_orig", cam_orig)
     a.update(cam_orig=cam_orig, cam_aug=cam_aug, crops=crops, flips=flips)
 
 
@@ -387,11 +412,11 @@ CGC_LOSS = OpSpec(
     "cgc_loss",
     ("cam_orig", "cam_aug", "crops", "flips"),
     (
-        Option("temperature", 0.5, check.positive),
+        Option("temperature", 0.5, temperature, learnable=True),
         Option("size", 224, check.positive_int),
     ),
     _cgc_loss,
-    differentiable=("cam_orig", "cam_aug"),
+    differentiable=("cam_orig", "cam_aug", "temperature"),
 )
 SALIENCY_MASK = OpSpec(
     "saliency_mask",

@@ -277,7 +277,7 @@ def cgc_loss(
     crops: torch.Tensor,
     flips: torch.Tensor,
     *,
-    temperature: float = _cgc.temperature,
+    temperature: float | torch.Tensor = _cgc.temperature,
     size: int = _cgc.size,
     backend: str | None = None,
 ) -> torch.Tensor:
@@ -292,9 +292,13 @@ def cgc_loss(
         cam_orig, cam_aug: [B, h, w] ReLU'd maps of the original and augmented views.
         crops: [B, 4] integers (i, j, ch, cw): rows i..i+ch, cols j..j+cw of the size frame.
         flips: [B] bool, horizontal flip after the crop.
-        temperature: τ > 0.  size: the frame side (224 in the paper).
+        temperature: τ > 0, a number or a 0-d floating tensor on the maps' device (a
+            learnable temperature, e.g. an nn.Parameter): with s_bj the cosines of row b
+            (logits s_bj/τ, target j = 0) and p_b their softmax,
+            ∂L/∂τ = −1/(B·τ²)·Σ_b Σ_j (p_bj − δ_j0)·s_bj, exact on every backend.
+        size: the frame side (224 in the paper).
     Returns:
-        A scalar (fp32 for fp16/bf16 maps), differentiable in both maps.
+        A scalar (fp32 for fp16/bf16 maps), differentiable in both maps and a tensor τ.
     """
     return run(
         CGC_LOSS,

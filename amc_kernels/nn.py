@@ -134,11 +134,12 @@ def _number(value: float | torch.Tensor) -> str:
 
 
 class CGCLoss(nn.Module):
-    """Module form of :func:`amc_kernels.cgc_loss`; forward(cam_orig, cam_aug, crops, flips)."""
+    """Module form of :func:`amc_kernels.cgc_loss`; forward(cam_orig, cam_aug, crops, flips).
+    A learnable temperature: pass an ``nn.Parameter`` (0-d), which becomes this module's."""
 
     def __init__(
         self,
-        temperature: float = _cgc.temperature,
+        temperature: float | torch.Tensor = _cgc.temperature,
         size: int = _cgc.size,
         backend: str | None = None,
     ) -> None:
@@ -164,7 +165,9 @@ class CGCLoss(nn.Module):
         )
 
     def extra_repr(self) -> str:
-        return f"temperature={self.temperature}, size={self.size}, backend={self.backend!r}"
+        return (
+            f"temperature={_number(self.temperature)}, size={self.size}, backend={self.backend!r}"
+        )
 
 
 class GradCAMResult(NamedTuple):

@@ -158,9 +158,12 @@ def _cgc_loss(dt: torch.dtype) -> None:
     for side in (7, 14, 28, 56):  # sandwich tiles 16, 16, 32 and 64 (8 warps)
         orig, aug = _t(64, side, side, dtype=dt), _t(64, side, side, dtype=dt)
         crops, flips = _t(64, 4, dtype=torch.int64), _t(64, dtype=torch.bool)
-        loss = _raw(m.cgc_loss_fwd)(orig, aug, crops, flips, 0.5, 224)
+        loss = _raw(m.cgc_loss_fwd)(orig, aug, crops, flips, None, 0.5, 224)
+        tau = _t(dtype=torch.float32)  # a learnable temperature: ∂L/∂τ too
         for mask in _MASKS:
-            _raw(m.cgc_loss_bwd)(torch.empty_like(loss), orig, aug, crops, flips, 0.5, 224, mask)
+            _raw(m.cgc_loss_bwd)(
+                torch.empty_like(loss), orig, aug, crops, flips, tau, 0.0, 224, [*mask, True]
+            )
 
 
 CASES: dict[str, Callable[[torch.dtype], None]] = {

@@ -126,13 +126,17 @@ TORCH_LIBRARY(amc_kernels, m) {
 
   // cgc_loss: docs/design.md#26-cgc_loss
   // On the native h×w maps through separable interpolation matrices.
-  // output_mask: (cam_orig, cam_aug) -> (grad_cam_orig, grad_cam_aug).
+  // temperature_tensor: a 0-d floating τ on the maps' device (a learnable temperature; the float
+  // temperature is then ignored), or None: τ = temperature.
+  // output_mask: (cam_orig, cam_aug, temperature_tensor) -> (grad_cam_orig, grad_cam_aug,
+  // grad_temperature); grad_temperature is 0-d in temperature_tensor's dtype, empty without it.
   m.def(
-      "cgc_loss_fwd(Tensor cam_orig, Tensor cam_aug, Tensor crops, Tensor flips, float temperature, "
-      "int size) -> Tensor");
+      "cgc_loss_fwd(Tensor cam_orig, Tensor cam_aug, Tensor crops, Tensor flips, "
+      "Tensor? temperature_tensor, float temperature, int size) -> Tensor");
   m.def(
       "cgc_loss_bwd(Tensor grad, Tensor cam_orig, Tensor cam_aug, Tensor crops, Tensor flips, "
-      "float temperature, int size, bool[] output_mask) -> (Tensor, Tensor)");
+      "Tensor? temperature_tensor, float temperature, int size, bool[] output_mask) "
+      "-> (Tensor, Tensor, Tensor)");
 
   // saliency_mask: docs/design.md#27-saliency_mask
   // No gradient. top_fraction < 0 means "use the threshold".

@@ -41,7 +41,11 @@ def _run(
         }
         result = getattr(functional, op)(**leaves, backend=backend)
         outputs = list(result) if isinstance(result, tuple) else [result]
-        wrt = [leaves[name] for name in SPECS[op].differentiable if leaves.get(name) is not None]
+        wrt = [
+            leaves[name]
+            for name in SPECS[op].differentiable
+            if isinstance(leaves.get(name), torch.Tensor)  # a number temperature is not one
+        ]
         if not wrt:
             return outputs
         with torch.autocast(device_type, dtype=dtype, enabled=enabled and backward_inside):

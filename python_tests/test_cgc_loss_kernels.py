@@ -3,6 +3,7 @@ maps, sizes far beyond a map, crop shapes, opcheck, against the reference."""
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
@@ -200,19 +201,23 @@ def test_triton_cgc_gradcheck(triton_device: torch.device) -> None:
 
 
 @pytest.mark.triton
-def test_triton_cgc_opcheck(triton_device: torch.device) -> None:
+@pytest.mark.parametrize("learnable", [False, True])
+def test_triton_cgc_opcheck(triton_device: torch.device, learnable: bool) -> None:
+    # τ as (None, number) or (0-d tensor, ignored number): every output_mask is honoured.
     from amc_kernels.triton_kernels import cgc_loss as ops
 
     utils = opcheck_utils(triton_device)
     orig, aug, crops, flips = cgc_triton_inputs(4, 3, 5, 12, 5, triton_device)
-    args = (orig.requires_grad_(), aug.requires_grad_(), crops, flips, 0.5, 12)
+    tau = torch.tensor(0.5, dtype=torch.float64, device=triton_device) if learnable else None
+    temperature = (tau, 0.0) if learnable else (None, 0.5)
+    args = (orig.requires_grad_(), aug.requires_grad_(), crops, flips, *temperature, 12)
     torch.library.opcheck(ops.cgc_loss_fwd, args, test_utils=utils)
     grad = torch.ones((), dtype=torch.float64, device=triton_device)
-    bwd_args = (grad, orig.detach(), aug.detach(), crops, flips, 0.5, 12)
-    full = ops.cgc_loss_bwd(*bwd_args, [True, True])
-    for mask in ([True, True], [True, False], [False, True]):
-        torch.library.opcheck(ops.cgc_loss_bwd, (*bwd_args, mask), test_utils=utils)
-        assert_output_mask_honoured(mask, ops.cgc_loss_bwd(*bwd_args, mask), full)
+    bwd_args = (grad, orig.detach(), aug.detach(), crops, flips, *temperature, 12)
+    full = ops.cgc_loss_bwd(*bwd_args, [True, True, True])
+    for mask in itertools.product([True, False], repeat=3):
+        torch.library.opcheck(ops.cgc_loss_bwd, (*bwd_args, list(mask)), test_utils=utils)
+        assert_output_mask_honoured(mask, ops.cgc_loss_bwd(*bwd_args, list(mask)), full)
 
 
 @pytest.mark.triton

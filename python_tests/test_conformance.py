@@ -62,7 +62,7 @@ KERNEL_VARIANTS = {
         "wide-mean-sum-same",
     ),
     "class_activation_map": ("odd", "1x1x1x1", "wide"),
-    "cgc_loss": ("b5-3x5-s37", "edge-crops-3x5-s16", "b33-4x6-s24"),
+    "cgc_loss": ("b5-3x5-s37", "edge-crops-3x5-s16", "b33-4x6-s24", "tensor-temperature-4x5-s20"),
     "saliency_mask": ("up-odd-th-0.5", "up-odd-top-0.15", "large-top-0.3"),
 }
 #: Under the Triton interpreter, the samples of opcheck and of the layout, output_mask,
@@ -73,7 +73,7 @@ INTERPRETED_VARIANTS = {
     "supcon_loss": ("odd-all-labels-mean", "raw-one-simclr-mean", "2d-all-simclr"),
     "gradcam": ("odd-mean-max-up", "odd-elem-minmax-down"),
     "class_activation_map": ("odd", "wide"),
-    "cgc_loss": ("b5-3x5-s37",),
+    "cgc_loss": ("b5-3x5-s37", "tensor-temperature-4x5-s20"),
     "saliency_mask": ("up-odd-th-0.5",),
 }
 COMPILE_VARIANTS = {
@@ -82,7 +82,7 @@ COMPILE_VARIANTS = {
     "supcon_loss": ("odd-all-labels-mean", "one-view-one-simclr-none"),
     "gradcam": ("odd-elem-sum-skewed", "odd-mean-max-up"),
     "class_activation_map": ("odd",),
-    "cgc_loss": ("b5-3x5-s37",),
+    "cgc_loss": ("b5-3x5-s37", "tensor-temperature-4x5-s20"),
     "saliency_mask": ("up-odd-top-0.15",),
 }
 
@@ -279,8 +279,8 @@ def test_non_contiguous_inputs(op: str, backend: str, device: str, name: str, la
 
 def _can_be_non_contiguous(value: object, layout: str) -> bool:
     """Whether testing.strided_view(value, layout) can have strides of its own."""
-    if not isinstance(value, torch.Tensor) or value.numel() == 0:
-        return False
+    if not isinstance(value, torch.Tensor) or value.dim() == 0 or value.numel() == 0:
+        return False  # a 0-d tensor (a learnable temperature) has no strides of its own
     if layout == "transposed" and value.dim() >= 2:
         return value.shape[-1] > 1 and value.shape[-2] > 1
     if layout == "channels-last" and value.dim() >= 3:

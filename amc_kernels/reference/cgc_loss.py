@@ -32,7 +32,7 @@ def cgc_loss(
     crops: torch.Tensor,
     flips: torch.Tensor,
     *,
-    temperature: float,
+    temperature: float | torch.Tensor,
     size: int,
 ) -> torch.Tensor:
     """CGC's NCE loss between transformed original maps and augmented-view maps.

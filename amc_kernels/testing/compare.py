@@ -42,8 +42,11 @@ def dispatch_call(op: str, arguments: Arguments) -> _dispatch.Call:
 
 
 def differentiable_inputs(op: str, arguments: Arguments) -> list[str]:
-    """The differentiable tensor arguments present in this call."""
-    return [name for name in SPECS[op].differentiable if arguments.get(name) is not None]
+    """The differentiable arguments given as tensors in this call (a learnable option given as
+    a number is not one)."""
+    return [
+        name for name in SPECS[op].differentiable if isinstance(arguments.get(name), torch.Tensor)
+    ]
 
 
 def run_with_grads(

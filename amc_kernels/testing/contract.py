@@ -52,7 +52,7 @@ def backward_arguments(
     tensors = [t.detach() if isinstance(t, torch.Tensor) else t for t in forward[:count]]
     saved = list(outputs[spec.results :])
     names = [a.name for a in library_op(bwd).default._schema.arguments]
-    first_extra = 1 + count + len(saved) + len(spec.options)
+    first_extra = 1 + count + len(saved) + len(spec.kernel_options)
     extras = [BACKWARD_EXTRAS[name] for name in names[first_extra:-1]]
     return [grad, *tensors, *saved, *forward[count:], *extras, list(output_mask)]
 

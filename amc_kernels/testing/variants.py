@@ -309,6 +309,10 @@ def _cgc_loss_variants() -> list[Variant]:
                 arguments["flips"] = torch.ones(n, dtype=torch.bool, device=r.device)
             elif kind == "int32-crops":
                 arguments["crops"] = arguments["crops"].to(torch.int32)
+            elif kind == "tensor-temperature":  # learnable: a 0-d tensor in the maps' dtype
+                arguments["temperature"] = torch.tensor(
+                    0.3, dtype=arguments["cam_orig"].dtype, device=r.device
+                )
             elif kind == "edge":
                 crops, flips = cgc_edge_crops(frame)
                 cycle = torch.arange(n) % len(crops)
@@ -330,6 +334,7 @@ def _cgc_loss_variants() -> list[Variant]:
         Variant("all-flipped-4x5-s20", build(4, 5, 20, "all-flipped"), 6),
         Variant("int32-crops-4x5-s19", build(4, 5, 19, "int32-crops"), 6),
         Variant("frame-1-3x2-s1", build(3, 2, 1), 2),  # a 1×1 frame
+        Variant("tensor-temperature-4x5-s20", build(4, 5, 20, "tensor-temperature"), 6),
     ]
 
 

@@ -293,7 +293,8 @@ def cgc_ce_bwd_kernel(
     # (j ≠ b; cos(v_b, v_j) enters rows b and j): α_b = d_pos/(‖u‖‖v‖), β_b = −d_pos·cos_b/‖u‖²,
     # Ω_bj = w_bj/(‖v_b‖‖v_j‖), Ω_bb = −(d_pos·cos_b + Σ_j w_bj cos_bj)/‖v_b‖². Stores Ω_bj/σ'_j
     # off the diagonal into omega [B, B] (zeroed; only when STORE_OMEGA: ∂L/∂cam_aug needs it)
-    # and coef [5, B] = α, β, Ω_bb, Σ_j Ω_bj, Σ_j Ω_bj ⟨Y_j, Y_b⟩/σ'_j.
+    # and coef [6, B] = α, β, Ω_bb, Σ_j Ω_bj, Σ_j Ω_bj ⟨Y_j, Y_b⟩/σ'_j and the row's part of
+    # ∂L/∂τ·(−τ), Σ_j (∂L/∂logit_bj)·cos_bj = d_pos·cos_b + Σ_{j≠b} p_bj·s·cos_bj.
     # Grid: (cdiv(B, BLOCK_B),): a block of rows per program, streaming BLOCK_J columns.
     # Accumulation: fp32 (fp64 for fp64 maps).
     rows, row_mask, count, tau, sum_y, sigma_aug, norm_v, norm_u, positive = anchor_terms(
@@ -303,6 +304,7 @@ def cgc_ce_bwd_kernel(
     lse = tl.load(lse_ptr + rows, mask=row_mask, other=0.0)
     d_positive = (tl.exp(positive / tau - lse) - 1.0) * scale
     diagonal = d_positive * positive
+    row_tau = diagonal
     omega_sum = tl.zeros([BLOCK_B], positive.dtype)
     omega_gram = tl.zeros([BLOCK_B], positive.dtype)
     for j0 in range(0, B, BLOCK_J):
@@ -312,8 +314,10 @@ def cgc_ce_bwd_kernel(
         )  # fmt: skip
         lse_c = tl.load(lse_ptr + cols, mask=col_mask, other=0.0)
         logits = tl.where(valid, cosine / tau, 0.0)
-        probs = tl.exp(logits - lse[:, None]) + tl.exp(logits - lse_c[None, :])
+        row_probs = tl.exp(logits - lse[:, None])
+        probs = row_probs + tl.exp(logits - lse_c[None, :])
         weight = tl.where(valid, probs * scale, 0.0)
+        row_tau += tl.sum(tl.where(valid, row_probs * scale, 0.0) * cosine, axis=1)
         omega = weight / (norm_v[:, None] * norm_c[None, :])
         diagonal += tl.sum(weight * cosine, axis=1)
         omega_sum += tl.sum(omega, axis=1)
@@ -332,3 +336,4 @@ def cgc_ce_bwd_kernel(
     tl.store(coef_ptr + 3 * B + rows, omega_sum + omega_diagonal, mask=row_mask)
     omega_gram += omega_diagonal / sigma_aug * yy_diagonal
     tl.store(coef_ptr + 4 * B + rows, omega_gram, mask=row_mask)
+    tl.store(coef_ptr + 5 * B + rows, row_tau, mask=row_mask)

@@ -11,7 +11,8 @@ Kernels: the per-axis products AᵀA, AᵀR (batched matmul kernel), the per-sam
 bilinear forms (sandwich kernel), the B×B Gram ⟨c'_b, Z_j⟩ (matmul kernel), the logits with an
 online log-sum-exp (CE kernel). The backward recomputes all statistics, turns the softmax into
 the cosine chain-rule coefficients (CE backward kernel: dL/du_b = α_b v_b + β_b u_b,
-dL/dv_b = α_b u_b + Σ_j Ω_bj v_j), and pulls them back through the affine maps with three more
+dL/dv_b = α_b u_b + Σ_j Ω_bj v_j, and each row's part of ∂L/∂τ = −(1/τ)·Σ_bj (∂L/∂logit_bj)·cos_bj,
+summed in a fixed order), and pulls them back through the affine maps with three more
 sandwiches and Ω·Z (matmul kernel); the O(B·h·w) combination is elementwise torch. Under
 output_mask, ∂L/∂cam_orig alone skips the Ω matrix, the back sandwich and Ω·Z; ∂L/∂cam_aug
 alone skips storing the two sandwiches of cam_orig. The kernels are in _cgc_kernels.py.
@@ -180,34 +181,43 @@ class _Problem:
         block = 16 if interpreter_enabled() else (32 if dtype == torch.float64 else 64)
         self.ce_launch = {"FP64": dtype == torch.float64, "BLOCK_B": block, "BLOCK_J": block}
 
-    def cross_entropy(self, temperature: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """(lse [B], loss_b [B]) of the B rows of logits."""
+    def cross_entropy(self, temperature: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(lse [B], loss_b [B]) of the B rows of logits; τ as [1] in the compute dtype."""
         batch = self.yy.shape[0]
         lse = torch.empty(batch, dtype=self.dtype, device=self.yy.device)
         loss = torch.empty_like(lse)
         launch(
             cgc_ce_fwd_kernel, (triton.cdiv(batch, self.ce_launch["BLOCK_B"]),), self.stats,
-            self.yy, scalar(temperature, self.yy), lse, loss, batch, self.size, *self.yy.stride(),
+            self.yy, temperature, lse, loss, batch, self.size, *self.yy.stride(),
             num_warps=4, **self.ce_launch,
         )  # fmt: skip
         return lse, loss
 
     def coefficients(
-        self, grad: torch.Tensor, temperature: float, store_omega: bool
+        self, grad: torch.Tensor, temperature: torch.Tensor, store_omega: bool
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(Ω_bj/σ'_j off the diagonal [B, B] (when store_omega, else empty), coef [5, B]) of
+        """(Ω_bj/σ'_j off the diagonal [B, B] (when store_omega, else empty), coef [6, B]) of
         cgc_ce_bwd_kernel."""
         batch = self.yy.shape[0]
         lse, _ = self.cross_entropy(temperature)
         scale = grad.reshape(1).to(self.dtype) / (batch * temperature)
         omega = lse.new_zeros((batch, batch) if store_omega else (0,))
-        coef = lse.new_empty((5, batch))
+        coef = lse.new_empty((6, batch))
         launch(
             cgc_ce_bwd_kernel, (triton.cdiv(batch, self.ce_launch["BLOCK_B"]),), self.stats,
-            self.yy, scalar(temperature, self.yy), scale, lse, omega, coef, batch, self.size,
+            self.yy, temperature, scale, lse, omega, coef, batch, self.size,
             *self.yy.stride(), STORE_OMEGA=store_omega, num_warps=8, **self.ce_launch,
         )  # fmt: skip
         return omega, coef
+
+
+def _temperature(
+    temperature_tensor: torch.Tensor | None, temperature: float, like: torch.Tensor
+) -> torch.Tensor:
+    """τ as [1] in the compute dtype of `like`: temperature_tensor's value, else the float."""
+    if temperature_tensor is None:
+        return scalar(temperature, like)
+    return temperature_tensor.reshape(1).to(compute_dtype(like.dtype))
 
 
 @triton_op("cgc_loss_triton_fwd")
@@ -216,6 +226,7 @@ def cgc_loss_fwd(
     cam_aug: torch.Tensor,
     crops: torch.Tensor,
     flips: torch.Tensor,
+    temperature_tensor: torch.Tensor | None,
     temperature: float,
     size: int,
 ) -> torch.Tensor:
@@ -223,7 +234,8 @@ def cgc_loss_fwd(
     batch = cam_orig.shape[0]
     if batch == 0:
         return cam_orig.new_zeros((), dtype=compute_dtype(cam_orig.dtype))
-    _, loss = _Problem(cam_orig, cam_aug, crops, flips, size, False).cross_entropy(temperature)
+    tau = _temperature(temperature_tensor, temperature, cam_orig)
+    _, loss = _Problem(cam_orig, cam_aug, crops, flips, size, False).cross_entropy(tau)
     return loss.sum() / batch
 
 
@@ -243,23 +255,32 @@ def cgc_loss_bwd(
     cam_aug: torch.Tensor,
     crops: torch.Tensor,
     flips: torch.Tensor,
+    temperature_tensor: torch.Tensor | None,
     temperature: float,
     size: int,
     output_mask: list[bool],
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """(∂L/∂cam_orig, ∂L/∂cam_aug) in the maps' dtype, each empty when not requested."""
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(∂L/∂cam_orig, ∂L/∂cam_aug) in the maps' dtype and ∂L/∂τ (0-d, in temperature_tensor's
+    dtype), each empty when not requested (∂L/∂τ also without temperature_tensor)."""
     batch, h, w = cam_orig.shape
     want_orig, want_aug = output_mask[0], output_mask[1]
+    want_tau = output_mask[2] and temperature_tensor is not None
     grad_orig, grad_aug = not_computed(cam_orig), not_computed(cam_aug)
-    if batch == 0 or not (want_orig or want_aug):
+    tau_like = cam_orig if temperature_tensor is None else temperature_tensor
+    grad_tau = not_computed(tau_like)
+    if batch == 0 or not (want_orig or want_aug or want_tau):
         return (
             torch.zeros_like(cam_orig) if want_orig else grad_orig,
             torch.zeros_like(cam_aug) if want_aug else grad_aug,
+            torch.zeros_like(tau_like) if want_tau else grad_tau,
         )
+    tau = _temperature(temperature_tensor, temperature, cam_orig)
     p = _Problem(cam_orig, cam_aug, crops, flips, size, want_orig)
-    omega, (alpha, beta, omega_bb, omega_sum, omega_gram) = p.coefficients(
-        grad, temperature, want_aug
+    omega, (alpha, beta, omega_bb, omega_sum, omega_gram, row_tau) = p.coefficients(
+        grad, tau, want_aug
     )
+    if want_tau:  # ∂L/∂τ = −(1/τ)·Σ_b row_tau_b
+        grad_tau = (-row_tau.sum() / tau[0]).to(tau_like.dtype)
     rows, cols = p.rows, p.cols
     xx, xy, sum_x, up_sum, sum_y = p.stats
     sigma, sigma_aug = up_sum + MAP_EPS, sum_y + MAP_EPS
@@ -287,7 +308,7 @@ def cgc_loss_bwd(
             _per_sample(alpha / sigma) * back_term + mixed + _per_sample(omega_bb / sigma_aug) * p.z
         ) / _per_sample(sigma_aug)
         grad_aug = (grad_aug + _outer(aug_coef, rows.sums, cols.sums)).to(cam_aug.dtype)
-    return grad_orig, grad_aug
+    return grad_orig, grad_aug, grad_tau
 
 
 register_autograd(CGC_LOSS, "cgc_loss_triton_fwd", "cgc_loss_triton_bwd", "triton")

@@ -11,6 +11,8 @@
 //   ⟨X, X⟩ = ⟨c, (AᵀA) c (BᵀB)⟩,  ⟨X, Y⟩ = ⟨c, (AᵀR_h) c' (R_wᵀB)⟩,  ⟨Y_b, Y_j⟩ = ⟨c'_b, K_h c'_j K_w⟩,
 //   ΣX = (Aᵀ1)ᵀ c (Bᵀ1),  ΣY = r_hᵀ c' r_w,  and ⟨u, v⟩ = normalized_map_inner(⟨X, Y⟩, ΣX, ΣY, σ, σ').
 // logits_b = [cos(u_b, v_b), cos(v_b, v_j) for j ≠ b] / τ; loss = mean_b (lse_b − logits_b0).
+// τ is the float temperature or the 0-d temperature_tensor; then ∂L/∂τ = −(1/τ)·Σ_bj
+// (∂L/∂logit_bj)·cos_bj, summed over the rows in order.
 // Backward: dL/du_b = α_b v_b + β_b u_b and dL/dv_b = α_b u_b + Σ_j Ω_bj v_j (the cosine chain
 // rule), pulled back through the affine maps: dL/dc = Aᵀ(dL/du)B/σ − ⟨dL/du, X⟩/σ²·r_h r_wᵀ, and
 // dL/dc' likewise with R_h, R_w and σ'. A gradient that output_mask leaves out is not computed:
@@ -35,6 +37,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -177,12 +180,12 @@ struct CgcProblem {
   AxisProducts<acc_t> cols;
 
   CgcProblem(const at::Tensor& orig_maps, const at::Tensor& aug_maps, const at::Tensor& crop_boxes,
-             const at::Tensor& flip_flags, double tau, int64_t frame)
+             const at::Tensor& flip_flags, acc_t tau, int64_t frame)
       : batch(orig_maps.size(0)),
         h(orig_maps.size(1)),
         w(orig_maps.size(2)),
         size(frame),
-        temperature(static_cast<acc_t>(tau)),
+        temperature(tau),
         orig(orig_maps.const_data_ptr<acc_t>()),
         aug(aug_maps.const_data_ptr<acc_t>()),
         crops(crop_boxes.const_data_ptr<int64_t>()),
@@ -351,16 +354,19 @@ struct Coefficients {
   at::Tensor omega_scaled;        // [B, B]: Ω_bj / σ'_j
   std::vector<acc_t> omega_sum;   // Σ_j Ω_bj
   std::vector<acc_t> omega_gram;  // Σ_j Ω_bj ⟨Y_j, Y_b⟩ / σ'_j
+  acc_t temperature = 0;          // ∂L/∂τ
 
   explicit Coefficients(int64_t batch)
       : alpha(batch), beta(batch), omega_sum(batch), omega_gram(batch) {}
 };
 
 // dL/dlogit over τ: `positive` (B) gets (p_b0 − 1)·scale and `negative` (B×B) p_bj·scale off
-// the diagonal, with p the softmax of each row and scale = grad / (B·τ).
+// the diagonal, with p the softmax of each row and scale = grad / (B·τ); `row_tau` (B) gets
+// Σ_j (dL/dlogit_bj / τ)·cos_bj.
 template <typename acc_t>
 void cosine_gradients(const CgcProblem<acc_t>& p, const Cosines<acc_t>& cos, acc_t grad,
-                      std::vector<acc_t>& positive, std::vector<acc_t>& negative) {
+                      std::vector<acc_t>& positive, std::vector<acc_t>& negative,
+                      std::vector<acc_t>& row_tau) {
   const int64_t batch = p.batch;
   const acc_t tau = p.temperature;
   const acc_t scale = grad / (static_cast<acc_t>(batch) * tau);
@@ -369,9 +375,12 @@ void cosine_gradients(const CgcProblem<acc_t>& p, const Cosines<acc_t>& cos, acc
       const acc_t lse = row_logsumexp(cos, b, batch, tau);
       const acc_t* row = cos.negative.data() + b * batch;
       positive[b] = (std::exp(cos.positive[b] / tau - lse) - acc_t(1)) * scale;
+      acc_t tau_sum = positive[b] * cos.positive[b];
       for (int64_t j = 0; j < batch; ++j) {
         negative[b * batch + j] = j == b ? acc_t(0) : std::exp(row[j] / tau - lse) * scale;
+        tau_sum += negative[b * batch + j] * row[j];
       }
+      row_tau[b] = tau_sum;
     }
   });
 }
@@ -381,9 +390,13 @@ Coefficients<acc_t> compute_coefficients(const CgcProblem<acc_t>& p, const Stati
                                          const Cosines<acc_t>& cos, acc_t grad,
                                          const at::TensorOptions& options) {
   const int64_t batch = p.batch;
-  std::vector<acc_t> d_positive(batch), d_negative(batch * batch);
-  cosine_gradients(p, cos, grad, d_positive, d_negative);
+  std::vector<acc_t> d_positive(batch), d_negative(batch * batch), row_tau(batch);
+  cosine_gradients(p, cos, grad, d_positive, d_negative, row_tau);
   Coefficients<acc_t> k(batch);
+  for (const acc_t value : row_tau) {  // in order: deterministic
+    k.temperature -= value;
+  }
+  k.temperature /= p.temperature;
   k.omega_scaled = at::empty({batch, batch}, options);
   acc_t* omega_scaled = k.omega_scaled.template mutable_data_ptr<acc_t>();
   const acc_t* yy = s.yy.template const_data_ptr<acc_t>();
@@ -476,10 +489,21 @@ void pull_back(const CgcProblem<acc_t>& p, const Statistics<acc_t>& s, const Coe
 
 // ---- entry points ----------------------------------------------------------------------------
 
+// τ in acc_t: the value of temperature_tensor (a CPU tensor: no synchronisation), else the float.
+template <typename acc_t>
+acc_t temperature_value(const std::optional<at::Tensor>& temperature_tensor, double temperature) {
+  if (!temperature_tensor.has_value()) {
+    return static_cast<acc_t>(temperature);
+  }
+  return temperature_tensor->to(c10::CppTypeToScalarType<acc_t>::value).template item<acc_t>();
+}
+
 at::Tensor cgc_loss_fwd_cpu(const at::Tensor& cam_orig, const at::Tensor& cam_aug,
-                            const at::Tensor& crops, const at::Tensor& flips, double temperature,
-                            int64_t size) {
-  cgc_loss_check_inputs(kFwd, cam_orig, cam_aug, crops, flips, temperature, size);
+                            const at::Tensor& crops, const at::Tensor& flips,
+                            const std::optional<at::Tensor>& temperature_tensor,
+                            double temperature, int64_t size) {
+  cgc_loss_check_inputs(kFwd, cam_orig, cam_aug, crops, flips, temperature_tensor, temperature,
+                        size);
   const auto acc_dtype = accumulation_dtype(cam_orig);
   const int64_t batch = cam_orig.size(0);
   if (batch == 0) {
@@ -492,29 +516,31 @@ at::Tensor cgc_loss_fwd_cpu(const at::Tensor& cam_orig, const at::Tensor& cam_au
   at::Tensor loss = at::empty({}, orig.options());
   AT_DISPATCH_FLOATING_TYPES(acc_dtype, kFwd, [&] {
     using acc_t = scalar_t;
-    const CgcProblem<acc_t> problem(orig, aug, boxes, flags, temperature, size);
+    const CgcProblem<acc_t> problem(orig, aug, boxes, flags,
+                                    temperature_value<acc_t>(temperature_tensor, temperature), size);
     const Statistics<acc_t> stats = compute_statistics(problem, aug.view({batch, -1}));
     loss.fill_(mean_cross_entropy(problem, compute_cosines(problem, stats)));
   });
   return loss;
 }
 
-std::tuple<at::Tensor, at::Tensor> cgc_loss_bwd_cpu(const at::Tensor& grad,
-                                                    const at::Tensor& cam_orig,
-                                                    const at::Tensor& cam_aug,
-                                                    const at::Tensor& crops,
-                                                    const at::Tensor& flips, double temperature,
-                                                    int64_t size,
-                                                    const c10::List<bool>& output_mask) {
-  const auto [want_orig, want_aug] = cgc_loss_check_backward(
-      kBwd, grad, cam_orig, cam_aug, crops, flips, temperature, size, output_mask);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cgc_loss_bwd_cpu(
+    const at::Tensor& grad, const at::Tensor& cam_orig, const at::Tensor& cam_aug,
+    const at::Tensor& crops, const at::Tensor& flips,
+    const std::optional<at::Tensor>& temperature_tensor, double temperature, int64_t size,
+    const c10::List<bool>& output_mask) {
+  const auto [want_orig, want_aug, want_tau] =
+      cgc_loss_check_backward(kBwd, grad, cam_orig, cam_aug, crops, flips, temperature_tensor,
+                              temperature, size, output_mask);
   const auto acc_dtype = accumulation_dtype(cam_orig);
   const int64_t batch = cam_orig.size(0);
   at::Tensor grad_orig = at::empty({0}, cam_orig.options());
   at::Tensor grad_aug = at::empty({0}, cam_aug.options());
-  if (batch == 0 || !(want_orig || want_aug)) {
+  at::Tensor tau_acc = want_tau ? at::zeros({}, cam_orig.options().dtype(acc_dtype)) : at::Tensor();
+  if (batch == 0 || !(want_orig || want_aug || want_tau)) {
     return {want_orig ? at::zeros_like(cam_orig) : grad_orig,
-            want_aug ? at::zeros_like(cam_aug) : grad_aug};
+            want_aug ? at::zeros_like(cam_aug) : grad_aug,
+            cgc_loss_temperature_grad(cam_orig, temperature_tensor, tau_acc)};
   }
   const at::Tensor orig = cam_orig.to(acc_dtype).contiguous();
   const at::Tensor aug = cam_aug.to(acc_dtype).contiguous();
@@ -526,15 +552,21 @@ std::tuple<at::Tensor, at::Tensor> cgc_loss_bwd_cpu(const at::Tensor& grad,
   AT_DISPATCH_FLOATING_TYPES(acc_dtype, kBwd, [&] {
     using acc_t = scalar_t;
     const acc_t upstream = grad.to(acc_dtype).item<acc_t>();
-    const CgcProblem<acc_t> problem(orig, aug, boxes, flags, temperature, size);
+    const CgcProblem<acc_t> problem(orig, aug, boxes, flags,
+                                    temperature_value<acc_t>(temperature_tensor, temperature), size);
     const Statistics<acc_t> stats = compute_statistics(problem, aug.view({batch, -1}));
     const Cosines<acc_t> cos = compute_cosines(problem, stats);
     const Coefficients<acc_t> k = compute_coefficients(problem, stats, cos, upstream, orig.options());
+    if (want_tau) {
+      tau_acc.fill_(k.temperature);
+    }
     if (want_aug) {
       aug_acc = at::mm(k.omega_scaled, stats.z);
     }
-    pull_back(problem, stats, k, want_orig ? orig_acc.mutable_data_ptr<acc_t>() : nullptr,
-              want_aug ? aug_acc.mutable_data_ptr<acc_t>() : nullptr);
+    if (want_orig || want_aug) {
+      pull_back(problem, stats, k, want_orig ? orig_acc.mutable_data_ptr<acc_t>() : nullptr,
+                want_aug ? aug_acc.mutable_data_ptr<acc_t>() : nullptr);
+    }
   });
   if (want_orig) {
     grad_orig = orig_acc.view(cam_orig.sizes()).to(cam_orig.scalar_type());
@@ -542,7 +574,7 @@ std::tuple<at::Tensor, at::Tensor> cgc_loss_bwd_cpu(const at::Tensor& grad,
   if (want_aug) {
     grad_aug = aug_acc.view(cam_aug.sizes()).to(cam_aug.scalar_type());
   }
-  return {grad_orig, grad_aug};
+  return {grad_orig, grad_aug, cgc_loss_temperature_grad(cam_orig, temperature_tensor, tau_acc)};
 }
 
 }  // namespace

@@ -11,7 +11,9 @@
 // logits_b = [cos(u_b, v_b), cos(v_b, v_j) for j ≠ b] / τ; loss = mean_b (lse_b − logits_b0).
 // Backward: dL/du_b = α_b v_b + β_b u_b, dL/dv_b = α_b u_b + Σ_j Ω_bj v_j, pulled back through
 // the affine maps (dL/dc = Aᵀ(dL/du)B/σ − ⟨dL/du, X⟩/σ²·r_h r_wᵀ, dL/dc' likewise with R_h,
-// R_w, σ'). The upstream gradient is read on the device: no host synchronisation.
+// R_w, σ'). The upstream gradient is read on the device: no host synchronisation. τ is the
+// float temperature or the 0-d temperature_tensor, read on the device; ∂L/∂τ = −(1/τ)·Σ_bj
+// (∂L/∂logit_bj)·cos_bj: one partial per row (coefficients_kernel), then one ordered sum.
 //
 // Grid mapping: per-axis matrices (AᵀA, AᵀR, Aᵀ1, and K, r for the frame): one block per
 // (sample, axis), one thread per entry, summing over the frame rows k whose taps touch both
@@ -28,6 +30,7 @@
 #include <torch/library.h>
 
 #include <cmath>
+#include <optional>
 #include <tuple>
 
 #include "amc_kernels/checks.h"
@@ -161,13 +164,22 @@ __global__ void batched_matmul_kernel(Mat<acc_t> a, Mat<acc_t> b, acc_t* __restr
 
 // ---- the problem ---------------------------------------------------------------------------
 
+// τ: `device`, temperature_tensor in acc_t (a learnable temperature), or else `value`.
+template <typename acc_t>
+struct Temperature {
+  acc_t value;
+  const acc_t* device;
+
+  __device__ acc_t get() const { return device != nullptr ? *device : value; }
+};
+
 template <typename acc_t>
 struct Problem {
   int64_t batch;
   int64_t h;
   int64_t w;
   int64_t size;
-  acc_t temperature;
+  Temperature<acc_t> temperature;
   const acc_t* orig;  // [B, h·w]
   const acc_t* aug;   // [B, h·w]
   const acc_t* rows;  // [B + 1, 2h² + h]: AᵀA, AᵀR_h, Aᵀ1 per sample; K_h, ·, r_h last
@@ -307,9 +319,10 @@ __global__ void norms_kernel(Cosines<acc_t> cos, acc_t* __restrict__ stats) {
 
 // Block b: lse[b] = log Σ exp(logits_b) (max subtracted) and row_loss[b] = lse[b] − logits_b0.
 template <typename acc_t>
-__global__ void row_lse_kernel(Cosines<acc_t> cos, acc_t temperature, acc_t* __restrict__ lse,
-                               acc_t* __restrict__ row_loss) {
+__global__ void row_lse_kernel(Cosines<acc_t> cos, Temperature<acc_t> tau,
+                               acc_t* __restrict__ lse, acc_t* __restrict__ row_loss) {
   const int64_t b = blockIdx.x;
+  const acc_t temperature = tau.get();
   const acc_t positive = cos.at(kPositive, b) / temperature;
   acc_t max = positive;
   for (int64_t j = threadIdx.x; j < cos.batch; j += blockDim.x) {
@@ -343,35 +356,38 @@ __global__ void mean_kernel(const acc_t* __restrict__ row_loss, int64_t batch,
 
 // ---- backward coefficients -----------------------------------------------------------------
 
-enum Coefficient { kAlpha, kBeta, kOmegaSum, kOmegaGram, kCoefficients };
+enum Coefficient { kAlpha, kBeta, kOmegaSum, kOmegaGram, kRowTau, kCoefficients };
 
 // Block b, with scale = grad / (B·τ): the softmax gradients of rows b and j, then α_b, β_b and
-// row b of Ω/σ' (omega [B, B]), Σ_j Ω_bj and Σ_j Ω_bj ⟨Y_j, Y_b⟩/σ'_j (the CPU's formulas).
+// row b of Ω/σ' (omega [B, B]), Σ_j Ω_bj, Σ_j Ω_bj ⟨Y_j, Y_b⟩/σ'_j (the CPU's formulas) and
+// row b's Σ_j (∂L/∂logit_bj / τ)·cos_bj, the part of ∂L/∂τ·(−τ).
 template <typename acc_t>
-__global__ void coefficients_kernel(Cosines<acc_t> cos, acc_t temperature,
+__global__ void coefficients_kernel(Cosines<acc_t> cos, Temperature<acc_t> temperature,
                                     const acc_t* __restrict__ lse, const acc_t* __restrict__ grad,
                                     acc_t* __restrict__ omega, acc_t* __restrict__ coefficients) {
   const int64_t b = blockIdx.x;
   const int64_t batch = cos.batch;
-  const acc_t tau = temperature;
+  const acc_t tau = temperature.get();
   const acc_t scale = *grad / (static_cast<acc_t>(batch) * tau);
   const acc_t positive = cos.at(kPositive, b);
   const acc_t d_positive = (std::exp(positive / tau - lse[b]) - acc_t(1)) * scale;
   const acc_t nu = cos.at(kNormU, b), nv = cos.at(kNormV, b);
   acc_t* row = omega + b * batch;
-  acc_t diagonal = 0;
+  acc_t diagonal = 0, row_tau = 0;
   for (int64_t j = threadIdx.x; j < batch; j += blockDim.x) {
     if (j == b) {
       continue;
     }
     const acc_t negative = cos.negative(b, j);
+    const acc_t d_negative = std::exp(negative / tau - lse[b]) * scale;
     // cos(v_b, v_j) = cos(v_j, v_b) enters rows b and j.
-    const acc_t weight = std::exp(negative / tau - lse[b]) * scale +
-                         std::exp(cos.negative(j, b) / tau - lse[j]) * scale;
+    const acc_t weight = d_negative + std::exp(cos.negative(j, b) / tau - lse[j]) * scale;
     row[j] = weight / (nv * cos.at(kNormV, j));
     diagonal += weight * negative;
+    row_tau += d_negative * negative;
   }
   diagonal = block_reduce_sum(diagonal) + d_positive * positive;
+  row_tau = block_reduce_sum(row_tau) + d_positive * positive;
   const acc_t self = -diagonal / (nv * nv);
   acc_t omega_sum = 0, omega_gram = 0;
   for (int64_t j = threadIdx.x; j < batch; j += blockDim.x) {
@@ -388,6 +404,21 @@ __global__ void coefficients_kernel(Cosines<acc_t> cos, acc_t temperature,
     coefficients[kBeta * batch + b] = -d_positive * positive / (nu * nu);
     coefficients[kOmegaSum * batch + b] = omega_sum;
     coefficients[kOmegaGram * batch + b] = omega_gram;
+    coefficients[kRowTau * batch + b] = row_tau;
+  }
+}
+
+// One block: ∂L/∂τ = −(Σ_b row_tau[b]) / τ, the rows in a fixed order.
+template <typename acc_t>
+__global__ void temperature_grad_kernel(const acc_t* __restrict__ row_tau, int64_t batch,
+                                        Temperature<acc_t> tau, acc_t* __restrict__ out) {
+  acc_t total = 0;
+  for (int64_t b = threadIdx.x; b < batch; b += blockDim.x) {
+    total += row_tau[b];
+  }
+  total = block_reduce_sum(total);
+  if (threadIdx.x == 0) {
+    *out = -total / tau.get();
   }
 }
 
@@ -465,10 +496,14 @@ __global__ void pull_back_kernel(Problem<acc_t> p, PullBack<acc_t> g) {
 struct Buffers {
   at::Tensor orig, aug, crops, flips, rows, cols;
   at::Tensor scratch, self_term, cross_term, z, yy, stats, lse, row_loss;
+  at::Tensor tau;  // [1]: temperature_tensor in acc_t, or undefined
 
   Buffers(const at::Tensor& cam_orig, const at::Tensor& cam_aug, const at::Tensor& crop_boxes,
-          const at::Tensor& flip_flags) {
+          const at::Tensor& flip_flags, const std::optional<at::Tensor>& temperature_tensor) {
     const auto options = cam_orig.options().dtype(accumulation_dtype(cam_orig));
+    if (temperature_tensor.has_value()) {
+      tau = temperature_tensor->reshape({1}).to(options).contiguous();
+    }
     const int64_t batch = cam_orig.size(0);
     const int64_t h = cam_orig.size(1);
     const int64_t w = cam_orig.size(2);
@@ -504,7 +539,8 @@ Problem<acc_t> forward_statistics(Buffers& buf, double temperature, int64_t size
                          buf.orig.size(1),
                          buf.orig.size(2),
                          size,
-                         static_cast<acc_t>(temperature),
+                         {static_cast<acc_t>(temperature),
+                          buf.tau.defined() ? buf.tau.const_data_ptr<acc_t>() : nullptr},
                          buf.orig.const_data_ptr<acc_t>(),
                          buf.aug.const_data_ptr<acc_t>(),
                          buf.rows.const_data_ptr<acc_t>(),
@@ -548,16 +584,18 @@ Problem<acc_t> forward_statistics(Buffers& buf, double temperature, int64_t size
 }
 
 at::Tensor cgc_loss_fwd_cuda(const at::Tensor& cam_orig, const at::Tensor& cam_aug,
-                             const at::Tensor& crops, const at::Tensor& flips, double temperature,
-                             int64_t size) {
-  cgc_loss_check_inputs(kFwd, cam_orig, cam_aug, crops, flips, temperature, size, /*same_device=*/true);
+                             const at::Tensor& crops, const at::Tensor& flips,
+                             const std::optional<at::Tensor>& temperature_tensor,
+                             double temperature, int64_t size) {
+  cgc_loss_check_inputs(kFwd, cam_orig, cam_aug, crops, flips, temperature_tensor, temperature,
+                        size, /*same_device=*/true);
   const auto acc_dtype = accumulation_dtype(cam_orig);
   const c10::cuda::CUDAGuard guard(cam_orig.device());
   const int64_t batch = cam_orig.size(0);
   if (batch == 0) {
     return at::zeros({}, cam_orig.options().dtype(acc_dtype));
   }
-  Buffers buf(cam_orig, cam_aug, crops, flips);
+  Buffers buf(cam_orig, cam_aug, crops, flips, temperature_tensor);
   at::Tensor loss = at::empty({}, buf.orig.options());
   const cudaStream_t stream = c10::cuda::getCurrentCUDAStream();
   AT_DISPATCH_FLOATING_TYPES(acc_dtype, kFwd, [&] {
@@ -570,26 +608,26 @@ at::Tensor cgc_loss_fwd_cuda(const at::Tensor& cam_orig, const at::Tensor& cam_a
   return loss;
 }
 
-std::tuple<at::Tensor, at::Tensor> cgc_loss_bwd_cuda(const at::Tensor& grad,
-                                                     const at::Tensor& cam_orig,
-                                                     const at::Tensor& cam_aug,
-                                                     const at::Tensor& crops,
-                                                     const at::Tensor& flips, double temperature,
-                                                     int64_t size,
-                                                     const c10::List<bool>& output_mask) {
-  const auto [want_orig, want_aug] =
-      cgc_loss_check_backward(kBwd, grad, cam_orig, cam_aug, crops, flips, temperature, size,
-                              output_mask, /*same_device=*/true);
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cgc_loss_bwd_cuda(
+    const at::Tensor& grad, const at::Tensor& cam_orig, const at::Tensor& cam_aug,
+    const at::Tensor& crops, const at::Tensor& flips,
+    const std::optional<at::Tensor>& temperature_tensor, double temperature, int64_t size,
+    const c10::List<bool>& output_mask) {
+  const auto [want_orig, want_aug, want_tau] =
+      cgc_loss_check_backward(kBwd, grad, cam_orig, cam_aug, crops, flips, temperature_tensor,
+                              temperature, size, output_mask, /*same_device=*/true);
   const auto acc_dtype = accumulation_dtype(cam_orig);
   const c10::cuda::CUDAGuard guard(cam_orig.device());
   const int64_t batch = cam_orig.size(0);
   at::Tensor grad_orig = at::empty({0}, cam_orig.options());
   at::Tensor grad_aug = at::empty({0}, cam_aug.options());
-  if (batch == 0 || !(want_orig || want_aug)) {
+  at::Tensor tau_acc = want_tau ? at::zeros({}, cam_orig.options().dtype(acc_dtype)) : at::Tensor();
+  if (batch == 0 || !(want_orig || want_aug || want_tau)) {
     return {want_orig ? at::zeros_like(cam_orig) : grad_orig,
-            want_aug ? at::zeros_like(cam_aug) : grad_aug};
+            want_aug ? at::zeros_like(cam_aug) : grad_aug,
+            cgc_loss_temperature_grad(cam_orig, temperature_tensor, tau_acc)};
   }
-  Buffers buf(cam_orig, cam_aug, crops, flips);
+  Buffers buf(cam_orig, cam_aug, crops, flips, temperature_tensor);
   const auto options = buf.orig.options();
   const at::Tensor upstream = grad.reshape({1}).to(options);
   const int64_t pixels = buf.orig.size(1) * buf.orig.size(2);
@@ -606,6 +644,15 @@ std::tuple<at::Tensor, at::Tensor> cgc_loss_bwd_cuda(const at::Tensor& grad,
         upstream.const_data_ptr<acc_t>(), omega.mutable_data_ptr<acc_t>(),
         coefficients.mutable_data_ptr<acc_t>());
     C10_CUDA_KERNEL_LAUNCH_CHECK();
+    if (want_tau) {
+      temperature_grad_kernel<<<1, kMapThreads, 0, stream>>>(
+          coefficients.const_data_ptr<acc_t>() + kRowTau * batch, batch, p.temperature,
+          tau_acc.mutable_data_ptr<acc_t>());
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    }
+    if (!(want_orig || want_aug)) {
+      return;
+    }
     PullBack<acc_t> terms{buf.stats.const_data_ptr<acc_t>(),
                           coefficients.const_data_ptr<acc_t>(),
                           buf.self_term.const_data_ptr<acc_t>(),
@@ -633,7 +680,7 @@ std::tuple<at::Tensor, at::Tensor> cgc_loss_bwd_cuda(const at::Tensor& grad,
   if (want_aug) {
     grad_aug = aug_acc.view(cam_aug.sizes()).to(cam_aug.scalar_type());
   }
-  return {grad_orig, grad_aug};
+  return {grad_orig, grad_aug, cgc_loss_temperature_grad(cam_orig, temperature_tensor, tau_acc)};
 }
 
 }  // namespace
